@@ -1,0 +1,226 @@
+"""Checkpoints: the one place that knows the file format.
+
+A checkpoint is one `.pth` file written by `torch.save` holding only plain containers, strings,
+numbers and tensors, so it loads with `torch.load(weights_only=True)` and never unpickles code:
+
+    format            "gpt2es-checkpoint"
+    format_version    FORMAT_VERSION
+    gpt2es_version    the version that wrote it
+    model_config      ModelConfig as a dict
+    model             the model's state_dict
+    tokenizer         the tokenizer's JSON text (tokenizers library), or None
+    training          None, or a dict: optimizer/scheduler/scaler state, step, tokens seen,
+                      RNG states, metrics history, training config (see train.py)
+    extra             free-form plain data (e.g. what dataset it was trained on)
+
+Anything that takes a CHECKPOINT also accepts a local Hugging Face GPT-2 directory (see
+export.py) or a run directory (its best.pth, else last.pth).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from gpt2es_cli import __version__
+from gpt2es_cli.config import ModelConfig
+from gpt2es_cli.errors import CheckpointError, Gpt2esError
+from gpt2es_cli.model import GPT2
+from gpt2es_cli.tokenizer import Tokenizer
+
+FORMAT = "gpt2es-checkpoint"
+FORMAT_VERSION = 1
+RUN_DIR_CHECKPOINTS = ("best.pth", "last.pth")
+
+
+@dataclass
+class Checkpoint:
+    """Everything one checkpoint holds, loaded into memory."""
+
+    model_config: ModelConfig
+    model_state: dict[str, torch.Tensor]
+    tokenizer_json: str | None = None
+    training: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    gpt2es_version: str = __version__
+    format_version: int = FORMAT_VERSION
+    source: str = "gpt2es"
+    """'gpt2es' for our .pth files, 'huggingface' for a Hugging Face directory."""
+    path: Path | None = None
+
+    def build_model(self, device: torch.device | str = "cpu") -> GPT2:
+        """The model with these weights, in eval mode, on `device`."""
+        model = GPT2(self.model_config)
+        try:
+            model.load_state_dict(self.model_state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"{self.path}: weights do not match its config ({first})") from None
+        return model.to(device).eval()
+
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer saved with the model."""
+        if self.tokenizer_json is None:
+            raise CheckpointError(
+                f"{self.path} carries no tokenizer: pass one with --tokenizer, or re-save it with one"
+            )
+        return Tokenizer.from_json(self.tokenizer_json)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "gpt2es_version": __version__,
+            "model_config": self.model_config.to_dict(),
+            "model": _clean_state_dict(self.model_state),
+            "tokenizer": self.tokenizer_json,
+            "training": self.training,
+            "extra": self.extra,
+        }
+
+
+def _clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add to keys."""
+    clean = {}
+    for key, value in state.items():
+        for prefix in ("_orig_mod.", "module."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        clean[key] = value
+    return clean
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through `write(fileobj)` so that `path` is either the old file or the new
+    one, never a partial one: temp file in the same directory, fsync, rename."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"cannot write {path}: it is a directory; give a file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass  # not supported on every platform/filesystem
+
+
+def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
+    """Save atomically: a crash mid-save leaves the previous file intact."""
+    data = checkpoint.to_dict()
+    atomic_write(path, lambda f: torch.save(data, f))
+
+
+def save_model(
+    path: str | Path,
+    model: torch.nn.Module,
+    config: ModelConfig,
+    tokenizer: Tokenizer | None,
+    training: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Convenience: save a live model (compiled or DDP-wrapped is fine) with its tokenizer."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    ckpt = Checkpoint(
+        model_config=config,
+        model_state=state,
+        tokenizer_json=tokenizer.to_json() if tokenizer is not None else None,
+        training=training,
+        extra=extra or {},
+    )
+    save_checkpoint(path, ckpt)
+
+
+def resolve_path(path: str | Path) -> Path:
+    """The file or Hugging Face directory a CHECKPOINT argument names."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path
+        for name in RUN_DIR_CHECKPOINTS:
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(
+            f"{path} is a directory with no checkpoint: expected a Hugging Face model "
+            f"(config.json) or a run directory ({' or '.join(RUN_DIR_CHECKPOINTS)})"
+        )
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a gpt2es .pth, a run directory, or a local Hugging Face GPT-2 directory."""
+    path = resolve_path(path)
+    if path.is_dir():
+        from gpt2es_cli.export import load_hf_checkpoint
+
+        return load_hf_checkpoint(path)
+    data = _safe_torch_load(path, map_location)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        hint = ""
+        if isinstance(data, dict) and any(isinstance(v, torch.Tensor) for v in data.values()):
+            hint = " (it looks like a bare state_dict, which carries no config or tokenizer)"
+        raise CheckpointError(f"{path} is not a gpt2es checkpoint{hint}")
+    version = data.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path} is not a gpt2es checkpoint (no format version)")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer gpt2es ({data.get('gpt2es_version')}, format {version}; "
+            f"this is {__version__}, format {FORMAT_VERSION}): upgrade with pip install -U gpt2es"
+        )
+    try:
+        config = ModelConfig.from_dict(data["model_config"])
+        return Checkpoint(
+            model_config=config,
+            model_state=data["model"],
+            tokenizer_json=data.get("tokenizer"),
+            training=data.get("training"),
+            extra=data.get("extra") or {},
+            gpt2es_version=str(data.get("gpt2es_version")),
+            format_version=version,
+            path=path,
+        )
+    except (KeyError, TypeError, Gpt2esError) as e:
+        raise CheckpointError(f"{path} is a damaged gpt2es checkpoint ({e})") from None
+
+
+def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """torch.load(weights_only=True), with its failures turned into one-line messages."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty: the file is truncated or was never written")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refused a global: the file holds arbitrary Python objects. Never retry
+        # with weights_only=False: unpickling can run any code the file's author chose.
+        raise CheckpointError(
+            f"refused to load {path}: it contains arbitrary Python objects that could run code, "
+            "and gpt2es only loads plain tensors and data"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"cannot read {path}: the file is truncated or corrupt ({reason[:120]})"
+        ) from None

@@ -1,0 +1,90 @@
+"""The Typer app, its global options, and the single exit point for errors.
+
+Command modules register through `command(...)`: it maps our exceptions to a one-line message
+on stderr and exit code 1 (usage errors exit 2, from Typer); the traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from gpt2es_cli import __version__
+from gpt2es_cli.errors import Gpt2esError
+
+app = typer.Typer(
+    name="gpt2es",
+    help="Train GPT-2-style language models on Spanish text: prepare, train, sample, eval, inspect, export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(highlight=False)  # results: stdout
+err_console = Console(stderr=True, highlight=False)  # errors, warnings and hints: stderr
+_state = {"debug": os.environ.get("GPT2ES_DEBUG", "") not in ("", "0")}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"gpt2es {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback when something fails.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """Train GPT-2-style language models on Spanish text."""
+    if debug:
+        _state["debug"] = True
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print 'error: message' on stderr as one line; return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def command(name: str, **kwargs: Any) -> Callable[[Callable], Callable]:
+    """Register a command whose failures end in one line on stderr, not a traceback."""
+
+    def register(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run(*args: Any, **kw: Any) -> Any:
+            try:
+                return fn(*args, **kw)
+            except (typer.Exit, typer.Abort, typer.BadParameter):
+                raise
+            except Gpt2esError as e:
+                if _state["debug"]:
+                    raise
+                raise fail(str(e)) from None
+            except KeyboardInterrupt:
+                if _state["debug"]:
+                    raise
+                raise fail("interrupted", code=130) from None
+            except Exception as e:  # a bug or an environment problem: still one line by default
+                if _state["debug"]:
+                    raise
+                raise fail(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)") from None
+
+        app.command(name, **kwargs)(run)
+        return fn
+
+    return register

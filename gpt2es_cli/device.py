@@ -1,0 +1,84 @@
+"""Device, dtype and autocast selection: the one place that decides them."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from gpt2es_cli.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Where to run and how: parameters stay fp32; `autocast_dtype` is used inside autocast."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    """None for plain fp32; bfloat16 or float16 under autocast."""
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        """fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range."""
+        return self.autocast_dtype == torch.float16
+
+    @property
+    def name(self) -> str:
+        return "float32" if self.autocast_dtype is None else str(self.autocast_dtype).removeprefix("torch.")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context for forward passes (a no-op in fp32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then the CPU; others must be available."""
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ConfigError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available: use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps was asked for but Apple MPS is not available: use --device cpu")
+    return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is fast and correct here (CUDA Ampere+, CPUs, MPS on recent torch)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type in ("cpu", "mps")
+
+
+def select_precision(device: str = "auto", amp: bool = False, dtype: str | None = None) -> Precision:
+    """Resolve --device, --amp and --dtype into one Precision.
+
+    --amp picks bf16 where supported, else fp16 (older GPUs, with a GradScaler); --dtype forces
+    one of float32/bfloat16/float16 (bf16/fp16/fp32 also accepted).
+    """
+    dev = resolve_device(device)
+    if dtype is not None:
+        key = DTYPE_ALIASES.get(dtype, dtype)
+        if key not in DTYPES:
+            raise ConfigError(f"unknown dtype {dtype!r}: choose float32, bfloat16 or float16")
+        chosen = DTYPES[key]
+        if chosen == torch.bfloat16 and not bf16_supported(dev):
+            raise ConfigError(f"bfloat16 is not supported on this {dev.type} device: use --dtype float16")
+        if chosen == torch.float16 and dev.type == "cpu":
+            raise ConfigError("float16 autocast is not useful on the CPU: use --dtype bfloat16")
+        return Precision(dev, None if chosen == torch.float32 else chosen)
+    if not amp:
+        return Precision(dev, None)
+    return Precision(dev, torch.bfloat16 if bf16_supported(dev) else torch.float16)

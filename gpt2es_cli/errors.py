@@ -1,0 +1,28 @@
+"""Our exception types. Each message says what is wrong and how to fix it, in one line.
+
+The CLI maps every `Gpt2esError` to a one-line message on stderr and exit code 1.
+"""
+
+
+class Gpt2esError(Exception):
+    """Base class: a problem the user can act on (bad input, missing file, ...)."""
+
+
+class ConfigError(Gpt2esError):
+    """An invalid model, training or generation setting."""
+
+
+class CheckpointError(Gpt2esError):
+    """A checkpoint that is missing, corrupt, unsafe, or not ours."""
+
+
+class TokenizerError(Gpt2esError):
+    """A tokenizer that cannot be found, read or used."""
+
+
+class DataError(Gpt2esError):
+    """Input data or a prepared dataset that cannot be used."""
+
+
+class GenerationError(Gpt2esError):
+    """Generation settings or a prompt that cannot be used."""

@@ -1,0 +1,189 @@
+"""A decoder-only GPT-2 in pure torch: no printing, no files.
+
+Token + learned position embeddings, N pre-LayerNorm blocks (causal self-attention with a fused
+QKV projection and scaled_dot_product_attention, then a GELU feed-forward 4x wide, each on a
+residual branch), a final LayerNorm, and an output projection tied to the token embedding.
+Incremental decoding goes through `KVCache`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt2es_cli.config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of sequences, preallocated to the context.
+
+    `length` is how many positions are filled; a forward pass with the cache appends to it.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        shape = (batch_size, config.n_head, config.n_positions, config.head_dim)  # (B, nh, Tmax, hs)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.capacity = config.n_positions
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) after the filled part; return all keys and values so far."""
+        start, end = self.length, self.length + k.size(2)
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # fused q, k, v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.residual_projection = True  # scaled init, see GPT2._init_weights
+        self.attn_dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)  # (B, nh, past+T, hs)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
+        elif T == 1:
+            # One new token attends to every cached position: no mask needed.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            # A chunk after a filled cache: query i sits at position past+i and sees keys <= it.
+            # (is_causal would align the mask top-left, which is wrong when T_q != T_k.)
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh" if config.activation == "gelu_new" else "none")
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.residual_projection = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT2(nn.Module):
+    """GPT-2 language model. `forward(idx)` returns logits (B, T, vocab_size)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: one matrix embeds and un-embeds
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2: normal(0, 0.02); projections into the residual stream scaled by 1/sqrt(2*n_layer)
+        # so the stream's variance does not grow with depth.
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_projection", False):
+                std /= math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits for every position of idx (B, T). With a cache, idx continues the cached tokens."""
+        B, T = idx.size()
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.n_positions:
+            raise ValueError(
+                f"sequence of {past + T} tokens exceeds the context of {self.config.n_positions}"
+            )
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.h):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += T
+        x = self.ln_f(x)
+        return self.lm_head(x)  # (B, T, vocab_size)
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty KV cache on this model's device, in its parameter dtype."""
+        p = self.wte.weight
+        return KVCache(self.config, batch_size, device=p.device, dtype=p.dtype)
+
+    def num_parameters(self) -> int:
+        """Parameter count, the tied output projection counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def parameter_groups(self) -> dict[str, int]:
+        """Parameter counts per component: embeddings, attention, feed-forward, norms."""
+        groups = {"embeddings": 0, "attention": 0, "feed_forward": 0, "norms": 0}
+        for name, p in self.named_parameters():  # tied lm_head is not listed twice
+            if name.startswith(("wte", "wpe")):
+                groups["embeddings"] += p.numel()
+            elif ".attn." in name:
+                groups["attention"] += p.numel()
+            elif ".mlp." in name:
+                groups["feed_forward"] += p.numel()
+            else:
+                groups["norms"] += p.numel()
+        return groups
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward), as in the PaLM appendix: 6N + 12 L T C."""
+        T = seq_len or self.config.n_positions
+        n = self.num_parameters() - self.wpe.weight.numel()
+        return 6 * n + 12 * self.config.n_layer * T * self.config.n_embd

@@ -1,0 +1,84 @@
+"""Shared fixtures: a tiny tokenizer trained on sentences written here, tiny checkpoints.
+
+No test may reach the network: the Hugging Face libraries are forced offline before import.
+"""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from gpt2es_cli.checkpoint import save_model  # noqa: E402
+from gpt2es_cli.config import ModelConfig  # noqa: E402
+from gpt2es_cli.model import GPT2  # noqa: E402
+from gpt2es_cli.tokenizer import Tokenizer  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+SPANISH_SENTENCES = [
+    "Había una vez un niño que vivía en un pueblo pequeño junto al río.",
+    "¿Dónde está la señora Muñoz? ¡Está en el jardín con su perro!",
+    "La niña leyó el libro de cuentos y sonrió cuando llegó al final.",
+    "El pájaro cantó una canción alegre sobre el árbol más alto del bosque.",
+    "Mañana iremos a la montaña si el tiempo lo permite, dijo el abuelo.",
+    "Cuando llegó el invierno, la familia encendió la chimenea y contó historias.",
+    "El pequeño ratón buscó queso en la cocina, pero el gato lo vigilaba.",
+    "¡Qué día tan bonito! exclamó Lucía mientras caminaba por la playa.",
+    "Había una vez una princesa que prefería los libros a las fiestas del castillo.",
+    "El campesino sembró trigo en primavera y cosechó en otoño con sus hijos.",
+]
+
+
+@pytest.fixture(scope="session")
+def spanish_texts() -> list[str]:
+    return list(SPANISH_SENTENCES)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> Tokenizer:
+    """A byte-level BPE trained on the sentences above (a few hundred ids)."""
+    return Tokenizer.train(SPANISH_SENTENCES * 4, vocab_size=400, min_frequency=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_tokenizer) -> ModelConfig:
+    return ModelConfig.from_preset("tiny", vocab_size=tiny_tokenizer.vocab_size)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config) -> GPT2:
+    torch.manual_seed(0)
+    return GPT2(tiny_config).eval()
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_model, tiny_config, tiny_tokenizer) -> Path:
+    """A gpt2es checkpoint file of the tiny preset with the tiny tokenizer."""
+    path = tmp_path / "tiny.pth"
+    save_model(path, tiny_model, tiny_config, tiny_tokenizer)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir() -> Path:
+    """The original GPT-2 vocab.json + merges.txt from ../shared (skips when absent)."""
+    path = SHARED / "gpt2-tokenizer"
+    if not (path / "vocab.json").is_file():
+        pytest.skip("../shared/gpt2-tokenizer is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_corpus() -> Path:
+    """The Spanish corpus in ../shared (skips when absent)."""
+    path = SHARED / "corpus" / "es"
+    if not path.is_dir():
+        pytest.skip("../shared/corpus/es is not available")
+    return path
