@@ -1,0 +1,1 @@
+"""Data: sources -> normalised documents -> token files; the prepared-dataset format and reader."""
