@@ -33,7 +33,7 @@ import torch
 from gpt2es_cli import __version__
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.errors import CheckpointError, Gpt2esError
-from gpt2es_cli.model import GPT2
+from gpt2es_cli.model import GPT2, parameter_groups
 from gpt2es_cli.tokenizer import Tokenizer
 
 FORMAT = "gpt2es-checkpoint"
@@ -74,6 +74,39 @@ class Checkpoint:
             )
         return Tokenizer.from_json(self.tokenizer_json)
 
+    def summary(self) -> dict[str, Any]:
+        """What `inspect` shows: plain data (JSON-serialisable), nothing printed."""
+        groups = parameter_groups((k, v.numel()) for k, v in self.model_state.items())
+        tokenizer = None
+        if self.tokenizer_json is not None:
+            tok = self.tokenizer()
+            tokenizer = {
+                "type": f"byte-level {tok.kind}",
+                "vocab_size": tok.vocab_size,
+                "special_tokens": tok.special_tokens,
+                "eos_id": tok.eos_id,
+            }
+        training = None
+        if self.training:
+            # Scalars (step, tokens seen, best val loss, ...); optimizer and RNG states are skipped.
+            training = {
+                k: v for k, v in self.training.items() if isinstance(v, (int, float, str, bool)) or v is None
+            }
+        first = next(iter(self.model_state.values()), None)
+        return {
+            "path": str(self.path) if self.path else None,
+            "source": self.source,
+            "file_bytes": _size_on_disk(self.path) if self.path else None,
+            "format_version": self.format_version,
+            "gpt2es_version": self.gpt2es_version,
+            "model_config": self.model_config.to_dict(),
+            "dtype": str(first.dtype).removeprefix("torch.") if first is not None else None,
+            "parameters": {**groups, "total": sum(groups.values())},
+            "tokenizer": tokenizer,
+            "training": training,
+            "extra": self.extra,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
@@ -87,13 +120,18 @@ class Checkpoint:
         }
 
 
+def _size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
 def _clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add to keys."""
     clean = {}
     for key, value in state.items():
-        for prefix in ("_orig_mod.", "module."):
-            while key.startswith(prefix):
-                key = key[len(prefix) :]
+        while key.startswith(("_orig_mod.", "module.")):
+            key = key.split(".", 1)[1]
         clean[key] = value
     return clean
 
@@ -210,6 +248,9 @@ def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
     """torch.load(weights_only=True), with its failures turned into one-line messages."""
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty: the file is truncated or was never written")
+    if not zipfile.is_zipfile(path):
+        # Our checkpoints are torch zip archives; anything else is never handed to the unpickler.
+        raise CheckpointError(f"cannot read {path}: not a gpt2es checkpoint, or the file is truncated or corrupt")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:

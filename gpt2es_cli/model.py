@@ -9,6 +9,7 @@ Incremental decoding goes through `KVCache`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -21,18 +22,14 @@ class KVCache:
     """Keys and values of every layer for a batch of sequences, preallocated to the context.
 
     `length` is how many positions are filled; a forward pass with the cache appends to it.
+    Storage is allocated on first use, in the dtype of the keys (so autocast works unchanged).
     """
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        batch_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ):
-        shape = (batch_size, config.n_head, config.n_positions, config.head_dim)  # (B, nh, Tmax, hs)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+    def __init__(self, config: ModelConfig, batch_size: int):
+        self.shape = (batch_size, config.n_head, config.n_positions, config.head_dim)  # (B, nh, Tmax, hs)
+        self.n_layer = config.n_layer
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
         self.capacity = config.n_positions
         self.length = 0
 
@@ -41,6 +38,9 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) after the filled part; return all keys and values so far."""
+        if not self.keys:
+            self.keys = [k.new_zeros(self.shape) for _ in range(self.n_layer)]
+            self.values = [v.new_zeros(self.shape) for _ in range(self.n_layer)]
         start, end = self.length, self.length + k.size(2)
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
@@ -160,9 +160,8 @@ class GPT2(nn.Module):
         return self.lm_head(x)  # (B, T, vocab_size)
 
     def new_cache(self, batch_size: int) -> KVCache:
-        """An empty KV cache on this model's device, in its parameter dtype."""
-        p = self.wte.weight
-        return KVCache(self.config, batch_size, device=p.device, dtype=p.dtype)
+        """An empty KV cache for `batch_size` sequences (it takes the device of the keys)."""
+        return KVCache(self.config, batch_size)
 
     def num_parameters(self) -> int:
         """Parameter count, the tied output projection counted once."""
@@ -170,20 +169,28 @@ class GPT2(nn.Module):
 
     def parameter_groups(self) -> dict[str, int]:
         """Parameter counts per component: embeddings, attention, feed-forward, norms."""
-        groups = {"embeddings": 0, "attention": 0, "feed_forward": 0, "norms": 0}
-        for name, p in self.named_parameters():  # tied lm_head is not listed twice
-            if name.startswith(("wte", "wpe")):
-                groups["embeddings"] += p.numel()
-            elif ".attn." in name:
-                groups["attention"] += p.numel()
-            elif ".mlp." in name:
-                groups["feed_forward"] += p.numel()
-            else:
-                groups["norms"] += p.numel()
-        return groups
+        return parameter_groups((name, p.numel()) for name, p in self.named_parameters())
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), as in the PaLM appendix: 6N + 12 L T C."""
         T = seq_len or self.config.n_positions
         n = self.num_parameters() - self.wpe.weight.numel()
         return 6 * n + 12 * self.config.n_layer * T * self.config.n_embd
+
+
+def parameter_groups(sizes: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Group (name, numel) pairs of a GPT2 state dict into embeddings, attention, feed-forward
+    and norms. The tied `lm_head.weight` is the token embedding, so it is not counted again."""
+    groups = {"embeddings": 0, "attention": 0, "feed_forward": 0, "norms": 0}
+    for name, numel in sizes:
+        if name == "lm_head.weight":
+            continue
+        if name.startswith(("wte.", "wpe.")):
+            groups["embeddings"] += numel
+        elif ".attn." in name:
+            groups["attention"] += numel
+        elif ".mlp." in name:
+            groups["feed_forward"] += numel
+        else:
+            groups["norms"] += numel
+    return groups

@@ -151,24 +151,42 @@ def _byte_level(backend: HFTokenizer) -> None:
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
 
 
-def stream_decode(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
-    """Decode ids one at a time, yielding text as soon as it forms whole characters.
+class StreamDecoder:
+    """Turns token ids, pushed one at a time, into text as soon as it forms whole characters.
 
     A byte-level token can end in the middle of a UTF-8 character (ñ, á, ¿ are two bytes), so
     tokens are held back while their text ends in the replacement character. Byte-level text
     splits at token boundaries, so each flushed group decodes on its own.
     """
-    pending: list[int] = []
-    for i in ids:
-        pending.append(i)
-        text = tokenizer.decode(pending)
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.pending: list[int] = []
+
+    def push(self, token_id: int) -> str:
+        """Add a token; return the text it completes ('' while a character is unfinished)."""
+        self.pending.append(token_id)
+        text = self.tokenizer.decode(self.pending)
         # A UTF-8 character has at most 4 bytes: past that, the '\ufffd' is really in the output.
-        if text.endswith("\ufffd") and len(pending) < 4:
-            continue
+        if text.endswith("\ufffd") and len(self.pending) < 4:
+            return ""
+        self.pending = []
+        return text
+
+    def flush(self) -> str:
+        """Text of any held-back tokens (at the end of a stream)."""
+        text = self.tokenizer.decode(self.pending) if self.pending else ""
+        self.pending = []
+        return text
+
+
+def stream_decode(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
+    """Decode ids one at a time, yielding pieces of text as they complete (see StreamDecoder)."""
+    decoder = StreamDecoder(tokenizer)
+    for i in ids:
+        text = decoder.push(i)
         if text:
             yield text
-        pending = []
-    if pending:
-        text = tokenizer.decode(pending)
-        if text:
-            yield text
+    text = decoder.flush()
+    if text:
+        yield text

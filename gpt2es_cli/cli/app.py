@@ -27,7 +27,7 @@ app = typer.Typer(
 )
 console = Console(highlight=False)  # results: stdout
 err_console = Console(stderr=True, highlight=False)  # errors, warnings and hints: stderr
-_state = {"debug": os.environ.get("GPT2ES_DEBUG", "") not in ("", "0")}
+_state = {"debug": False}
 
 
 def _version(value: bool) -> None:
@@ -47,8 +47,7 @@ def _main(
     ] = False,
 ) -> None:
     """Train GPT-2-style language models on Spanish text."""
-    if debug:
-        _state["debug"] = True
+    _state["debug"] = debug or os.environ.get("GPT2ES_DEBUG", "") not in ("", "0")
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -1,10 +1,160 @@
-"""`gpt2es sample`."""
+"""`gpt2es sample`: generate text from a checkpoint, streamed as it comes."""
 
-from gpt2es_cli.cli.app import command
-from gpt2es_cli.errors import Gpt2esError
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.text import Text
+
+from gpt2es_cli.checkpoint import load_checkpoint
+from gpt2es_cli.cli.app import command, console, err_console, warn
+from gpt2es_cli.device import select_precision
+from gpt2es_cli.errors import GenerationError
+from gpt2es_cli.generate import Generation, GenerationConfig
+from gpt2es_cli.tokenizer import StreamDecoder, Tokenizer
+
+CHECKPOINT_HELP = "A gpt2es checkpoint (.pth), a run directory, or a local Hugging Face GPT-2 directory."
+
+
+def read_prompt_file(path: Path) -> str:
+    """The text of a prompt file; one-line errors for missing or non-UTF-8 files."""
+    if not path.is_file():
+        raise GenerationError(f"prompt file {path} does not exist: check the path")
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\n")
+    except UnicodeDecodeError as e:
+        raise GenerationError(
+            f"prompt file {path} is not UTF-8 text (bad byte at offset {e.start}): convert it to UTF-8"
+        ) from None
 
 
 @command("sample")
-def sample() -> None:
-    """Not built yet."""
-    raise Gpt2esError("gpt2es sample is not built yet")
+def sample(
+    checkpoint: Annotated[Path, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue.")] = "Había una vez",
+    prompt_file: Annotated[
+        Path | None, typer.Option(help="Read the prompt from a UTF-8 file (overrides --prompt).")
+    ] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples, generated as one batch.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(help="New tokens per sample at most.")] = 200,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 is greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens; 0 disables.")] = 50,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling: smallest set with probability >= p; 1 disables.")] = 0.95,
+    repetition_penalty: Annotated[float, typer.Option(help=">1 discourages repeating tokens; 1 disables.")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible samples.")] = None,
+    ignore_eos: Annotated[bool, typer.Option(help="Keep going past <|endoftext|>.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    amp: Annotated[bool, typer.Option(help="Run in bf16/fp16 autocast where supported.")] = False,
+    no_cache: Annotated[bool, typer.Option(help="Re-encode the whole context each step (slow; for checks).")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the samples as JSON instead of streaming.")] = False,
+    interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Ask for prompts in a loop (Ctrl-D quits).")] = False,
+) -> None:
+    """Generate text from a checkpoint, streamed token by token."""
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k or None,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        stop_at_eos=not ignore_eos,
+        seed=seed,
+    ).validate()
+    if num_samples < 1:
+        raise GenerationError(f"--num-samples must be at least 1 (got {num_samples})")
+    if prompt_file is not None:
+        prompt = read_prompt_file(prompt_file)
+    precision = select_precision(device, amp=amp)
+    ckpt = load_checkpoint(checkpoint)
+    tokenizer = ckpt.tokenizer()
+    model = ckpt.build_model(precision.device)
+
+    def run(text: str) -> None:
+        gen = Generation(
+            model,
+            tokenizer.encode(text),
+            config,
+            tokenizer.eos_id,
+            num_samples=num_samples,
+            use_cache=not no_cache,
+            autocast=precision.autocast(),
+        )
+        if gen.truncated:
+            warn(f"the prompt is longer than the context: its first {gen.truncated} tokens were dropped")
+        if json_output:
+            start = time.perf_counter()
+            for _ in gen:
+                pass
+            console.print_json(json.dumps(_as_json(text, gen, tokenizer, time.perf_counter() - start)))
+        else:
+            _stream(text, gen, tokenizer)
+
+    if not interactive:
+        run(prompt)
+        return
+    err_console.print("[dim]Interactive mode: type a prompt and press Enter; Ctrl-D to quit.[/]")
+    while True:
+        try:
+            text = console.input("[bold cyan]prompt>[/] ")
+        except (EOFError, KeyboardInterrupt):
+            err_console.print()
+            return
+        if text.strip():
+            run(text)
+
+
+def _finish_reason(gen: Generation, i: int) -> str:
+    return "eos" if gen.finished[i] else "length"
+
+
+def _as_json(prompt: str, gen: Generation, tokenizer: Tokenizer, elapsed: float) -> dict:
+    new_tokens = sum(len(s) for s in gen.samples)
+    return {
+        "prompt": prompt,
+        "prompt_tokens": len(gen.prompt_ids),
+        "samples": [
+            {"text": tokenizer.decode(s), "tokens": len(s), "finish_reason": _finish_reason(gen, i)}
+            for i, s in enumerate(gen.samples)
+        ],
+        "seconds": round(elapsed, 4),
+        "tokens_per_second": round(new_tokens / elapsed, 2) if elapsed > 0 else None,
+    }
+
+
+def _stream(prompt: str, gen: Generation, tokenizer: Tokenizer) -> None:
+    """Show each sample in a panel, prompt highlighted, text appearing as it is generated."""
+    n = gen.num_samples
+    bodies = [Text(prompt, style="bold cyan") for _ in range(n)]
+    decoders = [StreamDecoder(tokenizer) for _ in range(n)]
+
+    def panels(done: bool, elapsed: float) -> Group:
+        items = []
+        for i, body in enumerate(bodies):
+            subtitle = None
+            if done:
+                reason = "ended at <|endoftext|>" if gen.finished[i] else "reached --max-new-tokens"
+                subtitle = f"{len(gen.samples[i])} tokens · {reason}"
+            title = f"sample {i + 1}/{n}" if n > 1 else None
+            items.append(Panel(body, title=title, subtitle=subtitle, title_align="left", subtitle_align="right"))
+        if done:
+            total = sum(len(s) for s in gen.samples)
+            rate = total / elapsed if elapsed > 0 else 0.0
+            items.append(Text(f"{total} tokens in {elapsed:.2f} s ({rate:.1f} tokens/s)", style="dim"))
+        return Group(*items)
+
+    start = time.perf_counter()
+    with Live(panels(False, 0.0), console=console, refresh_per_second=15, transient=False) as live:
+        for step in gen:
+            for i, token in enumerate(step):
+                if token is not None:
+                    bodies[i].append(decoders[i].push(token))
+            live.update(panels(False, time.perf_counter() - start))
+        for body, decoder in zip(bodies, decoders):
+            body.append(decoder.flush())
+        live.update(panels(True, time.perf_counter() - start))

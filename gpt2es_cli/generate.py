@@ -1,0 +1,204 @@
+"""Autoregressive sampling with a KV cache: temperature, top-k, top-p, repetition penalty.
+
+`Generation` is a token-by-token iterator over a batch of samples of one prompt, so the CLI can
+stream; `generate` runs one to the end and returns the new token ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from gpt2es_cli.errors import GenerationError
+from gpt2es_cli.model import GPT2
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to pick each next token."""
+
+    max_new_tokens: int = 200
+    """Stop after this many new tokens per sample."""
+    temperature: float = 0.8
+    """Softmax temperature; 0 means greedy (always the most likely token)."""
+    top_k: int | None = 50
+    """Sample only among the k most likely tokens (None or 0: no limit)."""
+    top_p: float | None = 0.95
+    """Sample only among the most likely tokens whose probabilities add up to p (nucleus; 1 or None: off)."""
+    repetition_penalty: float = 1.0
+    """>1 makes tokens already in the text less likely (CTRL-style; 1 disables)."""
+    stop_at_eos: bool = True
+    """End a sample when it produces <|endoftext|>."""
+    seed: int | None = None
+    """Seed for reproducible sampling (None: a fresh random seed)."""
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.max_new_tokens < 1:
+            found.append(f"max new tokens must be at least 1 (got {self.max_new_tokens})")
+        if self.temperature < 0:
+            found.append(f"temperature must be >= 0 (got {self.temperature}); 0 means greedy")
+        if self.top_k is not None and self.top_k < 0:
+            found.append(f"top-k must be >= 0 (got {self.top_k}); 0 disables it")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            found.append(f"top-p must be in (0, 1] (got {self.top_p})")
+        if self.repetition_penalty <= 0:
+            found.append(f"repetition penalty must be > 0 (got {self.repetition_penalty}); 1 disables it")
+        return found
+
+    def validate(self) -> GenerationConfig:
+        found = self.problems()
+        if found:
+            raise GenerationError("invalid generation settings: " + "; ".join(found))
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def process_logits(
+    logits: torch.Tensor, config: GenerationConfig, seen: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Apply repetition penalty, temperature, top-k and top-p to logits (B, V), in float32."""
+    logits = logits.float()
+    if seen is not None and config.repetition_penalty != 1.0:
+        penalised = torch.where(logits > 0, logits / config.repetition_penalty, logits * config.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if config.greedy:
+        return logits
+    logits = logits / config.temperature
+    if config.top_k and config.top_k < logits.size(-1):
+        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p is not None and config.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens before it already cover p (the first one always stays).
+        drop_sorted = probs.cumsum(dim=-1) - probs > config.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def truncate_prompt(prompt_ids: list[int], context: int) -> tuple[list[int], int]:
+    """Keep the last `context` tokens of a prompt; return them and how many were dropped."""
+    if len(prompt_ids) <= context:
+        return list(prompt_ids), 0
+    return list(prompt_ids[-context:]), len(prompt_ids) - context
+
+
+class Generation:
+    """Samples `num_samples` continuations of one prompt as one batch, a step at a time.
+
+    Iterating yields, at each step, the list of new token ids (one per sample; None for a
+    sample that already ended). `samples` holds each sample's new ids (without <|endoftext|>),
+    `finished` whether each ended at <|endoftext|>.
+
+    With `use_cache` the prompt is encoded once and each step feeds one token; past the context
+    the cache is refilled from the last three quarters of the context (positions are learned,
+    so the window must be re-encoded when it slides). Without it every step re-encodes the last
+    `n_positions` tokens: slower, and the reference the cached path is tested against.
+    """
+
+    def __init__(
+        self,
+        model: GPT2,
+        prompt_ids: list[int],
+        config: GenerationConfig,
+        eos_id: int,
+        num_samples: int = 1,
+        use_cache: bool = True,
+        autocast: contextlib.AbstractContextManager | None = None,
+    ):
+        config.validate()
+        if num_samples < 1:
+            raise GenerationError(f"number of samples must be at least 1 (got {num_samples})")
+        self.model = model
+        self.config = config
+        self.eos_id = eos_id
+        self.num_samples = num_samples
+        self.use_cache = use_cache
+        self.autocast = autocast or contextlib.nullcontext()
+        self.context = model.config.n_positions
+        # An empty prompt starts from <|endoftext|>, as GPT-2 was trained to begin documents.
+        self.prompt_ids, self.truncated = truncate_prompt(list(prompt_ids) or [eos_id], self.context)
+        self.samples: list[list[int]] = [[] for _ in range(num_samples)]
+        self.finished = [False] * num_samples
+        device = model.wte.weight.device
+        self.device = device
+        self.generator = torch.Generator(device=device)
+        if config.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(config.seed)
+
+    def _next_logits(self, tokens: torch.Tensor, cache, fresh: int) -> torch.Tensor:
+        """Logits for the next token given all tokens (B, T); `fresh` = tokens not yet encoded."""
+        if cache is None:
+            return self.model(tokens[:, -self.context :])[:, -1, :]
+        if cache.length + fresh > self.context:
+            keep = max(1, self.context * 3 // 4)
+            cache.reset()
+            return self.model(tokens[:, -keep:], cache)[:, -1, :]
+        return self.model(tokens[:, -fresh:], cache)[:, -1, :]
+
+    @torch.inference_mode()
+    def __iter__(self) -> Iterator[list[int | None]]:
+        B = self.num_samples
+        tokens = torch.tensor([self.prompt_ids] * B, dtype=torch.long, device=self.device)  # (B, T)
+        vocab = self.model.config.vocab_size
+        seen = None
+        if self.config.repetition_penalty != 1.0:
+            seen = torch.zeros(B, vocab, dtype=torch.bool, device=self.device)
+            seen[:, tokens[0]] = True
+        cache = self.model.new_cache(B) if self.use_cache else None
+        done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        fresh = tokens.size(1)
+        for _ in range(self.config.max_new_tokens):
+            with self.autocast:
+                logits = self._next_logits(tokens, cache, fresh)  # (B, V)
+            logits = process_logits(logits, self.config, seen)
+            if self.config.greedy:
+                nxt = logits.argmax(dim=-1)  # (B,)
+            else:
+                nxt = torch.multinomial(logits.softmax(dim=-1), 1, generator=self.generator).squeeze(1)
+            if self.config.stop_at_eos:
+                nxt = nxt.masked_fill(done, self.eos_id)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            fresh = 1
+            if seen is not None:
+                seen.scatter_(1, nxt[:, None], True)
+            step: list[int | None] = []
+            for i, t in enumerate(nxt.tolist()):
+                if self.finished[i]:
+                    step.append(None)
+                elif self.config.stop_at_eos and t == self.eos_id:
+                    self.finished[i] = True
+                    step.append(None)
+                else:
+                    self.samples[i].append(t)
+                    step.append(t)
+            yield step
+            if self.config.stop_at_eos:
+                done |= nxt == self.eos_id
+                if bool(done.all()):
+                    return
+
+
+def generate(
+    model: GPT2,
+    prompt_ids: list[int],
+    config: GenerationConfig,
+    eos_id: int,
+    num_samples: int = 1,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Run a Generation to the end; return each sample's new token ids."""
+    gen = Generation(model, prompt_ids, config, eos_id, num_samples=num_samples, use_cache=use_cache)
+    for _ in gen:
+        pass
+    return gen.samples

@@ -1,0 +1,136 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from gpt2es_cli import checkpoint as ckpt_mod
+from gpt2es_cli.checkpoint import (
+    FORMAT_VERSION,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+)
+from gpt2es_cli.errors import CheckpointError
+
+
+def test_round_trip_with_training_state(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
+    opt = torch.optim.AdamW(tiny_model.parameters(), lr=1e-3)
+    tiny_model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
+    opt.step()
+    opt.zero_grad()
+    training = {
+        "step": 7,
+        "tokens_seen": 1234,
+        "optimizer": opt.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": list(range(3))},
+        "metrics": [{"step": 1, "loss": 5.0}],
+    }
+    path = tmp_path / "run" / "last.pth"
+    save_model(path, tiny_model, tiny_config, tiny_tokenizer, training=training, extra={"dataset": "demo"})
+    ck = load_checkpoint(path)
+    assert ck.model_config == tiny_config
+    assert ck.training["step"] == 7 and ck.extra == {"dataset": "demo"}
+    assert ck.tokenizer().encode("Había una vez") == tiny_tokenizer.encode("Había una vez")
+    model = ck.build_model()
+    idx = torch.randint(0, tiny_config.vocab_size, (1, 10))
+    torch.testing.assert_close(model(idx), tiny_model(idx))
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt2.load_state_dict(ck.training["optimizer"])
+    # A run directory resolves to best.pth, else last.pth.
+    assert load_checkpoint(tmp_path / "run").path.name == "last.pth"
+    save_model(tmp_path / "run" / "best.pth", tiny_model, tiny_config, tiny_tokenizer)
+    assert load_checkpoint(tmp_path / "run").path.name == "best.pth"
+
+
+def test_compiled_and_ddp_prefixes_are_stripped(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
+    state = {f"module._orig_mod.{k}": v for k, v in tiny_model.state_dict().items()}
+    save_checkpoint(tmp_path / "c.pth", Checkpoint(tiny_config, state, tiny_tokenizer.to_json()))
+    load_checkpoint(tmp_path / "c.pth").build_model()
+
+
+def test_crash_mid_save_keeps_the_old_checkpoint(tmp_path, monkeypatch, tiny_model, tiny_config, tiny_tokenizer):
+    path = tmp_path / "last.pth"
+    save_model(path, tiny_model, tiny_config, tiny_tokenizer, training={"step": 1})
+    before = path.read_bytes()
+
+    def crash(obj, f):
+        f.write(b"partial data")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(path, tiny_model, tiny_config, tiny_tokenizer, training={"step": 2})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.pth"]  # no temp file left behind
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
+    good = Checkpoint(tiny_config, tiny_model.state_dict(), tiny_tokenizer.to_json()).to_dict()
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pth"
+    torch.save({**good, "extra": {"x": _Payload(marker)}}, evil)
+    with pytest.raises(CheckpointError, match="refused to load .*arbitrary Python objects"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+    # The payload is real: an unsafe load runs it.
+    torch.load(evil, weights_only=False)
+    assert marker.read_text() == "pwned"
+
+
+def test_clear_errors(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pth")
+    torch.save(tiny_model.state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(CheckpointError, match="not a gpt2es checkpoint .*bare state_dict"):
+        load_checkpoint(tmp_path / "bare.pth")
+    good = tmp_path / "good.pth"
+    save_model(good, tiny_model, tiny_config, tiny_tokenizer)
+    data = good.read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "truncated.pth")
+    (tmp_path / "garbage.pth").write_bytes(os.urandom(5000))
+    with pytest.raises(CheckpointError, match="truncated or corrupt|arbitrary Python objects"):
+        load_checkpoint(tmp_path / "garbage.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is empty"):
+        load_checkpoint(tmp_path / "empty.pth")
+    newer = Checkpoint(tiny_config, tiny_model.state_dict()).to_dict() | {"format_version": FORMAT_VERSION + 1}
+    torch.save(newer, tmp_path / "newer.pth")
+    with pytest.raises(CheckpointError, match="newer gpt2es.*upgrade"):
+        load_checkpoint(tmp_path / "newer.pth")
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(CheckpointError, match="directory with no checkpoint"):
+        load_checkpoint(tmp_path / "emptydir")
+    no_tok = tmp_path / "notok.pth"
+    save_model(no_tok, tiny_model, tiny_config, None)
+    with pytest.raises(CheckpointError, match="carries no tokenizer"):
+        load_checkpoint(no_tok).tokenizer()
+
+
+def test_pickle_error_type_is_what_weights_only_raises(tmp_path):
+    # Guard for the except clause in _safe_torch_load: torch still raises UnpicklingError.
+    torch.save({"x": _Payload(tmp_path / "m")}, tmp_path / "e.pth")
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "e.pth", weights_only=True)
+
+
+def test_summary(tiny_checkpoint, tiny_model, tiny_tokenizer):
+    s = load_checkpoint(tiny_checkpoint).summary()
+    assert s["parameters"]["total"] == tiny_model.num_parameters()
+    assert s["parameters"]["embeddings"] == tiny_model.wte.weight.numel() + tiny_model.wpe.weight.numel()
+    assert s["tokenizer"]["vocab_size"] == tiny_tokenizer.vocab_size
+    assert s["file_bytes"] == tiny_checkpoint.stat().st_size
+    assert s["training"] is None

@@ -1,0 +1,100 @@
+"""The CLI frame, `sample` and `inspect`, through Typer's runner."""
+
+import json
+
+from typer.testing import CliRunner
+
+from gpt2es_cli import __version__
+from gpt2es_cli.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args, **kw):
+    return runner.invoke(app, [str(a) for a in args], **kw)
+
+
+def test_version_and_help():
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.stdout.strip() == f"gpt2es {__version__}"
+    r = invoke("--help")
+    assert r.exit_code == 0
+    for name in ("prepare", "train", "eval", "sample", "inspect", "export"):
+        assert name in r.stdout
+
+
+def test_usage_error_exits_2():
+    assert invoke("sample").exit_code == 2
+    assert invoke("sample", "x.pth", "--num-samples", "many").exit_code == 2
+
+
+def test_sample_streams_into_panels(tiny_checkpoint):
+    r = invoke("sample", tiny_checkpoint, "--prompt", "Había una vez", "-n", "2", "--max-new-tokens", "8", "--seed", "1")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.count("Había una vez") == 2
+    assert "sample 1/2" in r.stdout and "sample 2/2" in r.stdout and "tokens/s" in r.stdout
+
+
+def test_sample_json_is_reproducible(tiny_checkpoint):
+    args = ("sample", tiny_checkpoint, "--json", "--max-new-tokens", "12", "--seed", "7", "--ignore-eos", "-n", "2")
+    a, b = invoke(*args), invoke(*args)
+    assert a.exit_code == 0, a.output
+    data = json.loads(a.stdout)
+    assert data == {**json.loads(b.stdout), "seconds": data["seconds"], "tokens_per_second": data["tokens_per_second"]}
+    assert [s["tokens"] for s in data["samples"]] == [12, 12]
+    assert {s["finish_reason"] for s in data["samples"]} == {"length"}
+
+
+def test_sample_prompt_file_and_long_prompt_warning(tmp_path, tiny_checkpoint):
+    f = tmp_path / "prompt.txt"
+    f.write_text("Había una vez " * 40, encoding="utf-8")
+    r = invoke("sample", tiny_checkpoint, "--prompt-file", f, "--json", "--max-new-tokens", "3")
+    assert r.exit_code == 0, r.output
+    assert "warning: the prompt is longer than the context" in r.stderr
+    assert json.loads(r.stdout)["prompt_tokens"] == 64
+
+
+def test_sample_bad_input_is_one_line(tmp_path, tiny_checkpoint):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Había una vez".encode("latin-1"))
+    cases = [
+        (("sample", tmp_path / "missing.pth"), "does not exist"),
+        (("sample", tiny_checkpoint, "--prompt-file", bad), "not UTF-8"),
+        (("sample", tiny_checkpoint, "--temperature", "-1"), "temperature must be >= 0"),
+        (("sample", tiny_checkpoint, "--top-p", "1.5"), "top-p must be in (0, 1]"),
+        (("sample", tiny_checkpoint, "--device", "tpu"), "unknown device"),
+    ]
+    for args, message in cases:
+        r = invoke(*args)
+        assert r.exit_code == 1, (args, r.output)
+        assert r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_debug_shows_the_exception(tmp_path):
+    r = invoke("--debug", "sample", tmp_path / "missing.pth")
+    assert r.exit_code == 1 and type(r.exception).__name__ == "CheckpointError"
+
+
+def test_interactive_loop(tiny_checkpoint):
+    r = invoke("sample", tiny_checkpoint, "-i", "--max-new-tokens", "4", "--seed", "0", input="Había una vez\n\nEl niño\n")
+    assert r.exit_code == 0, r.output
+    assert "Había una vez" in r.stdout and "El niño" in r.stdout
+
+
+def test_inspect_checkpoint(tiny_checkpoint, tiny_model):
+    r = invoke("inspect", tiny_checkpoint)
+    assert r.exit_code == 0, r.output
+    for text in ("Model config", "Parameters", "feed-forward", f"{tiny_model.num_parameters():,}", "byte-level BPE", "<|endoftext|>"):
+        assert text in r.stdout
+    r = invoke("inspect", tiny_checkpoint, "--json")
+    data = json.loads(r.stdout)
+    assert data["parameters"]["total"] == tiny_model.num_parameters()
+    assert data["model_config"]["n_layer"] == 2
+
+
+def test_inspect_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint at all" * 10)
+    r = invoke("inspect", bad)
+    assert r.exit_code == 1 and "truncated or corrupt" in r.stderr

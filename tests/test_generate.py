@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from gpt2es_cli.config import ModelConfig
+from gpt2es_cli.errors import GenerationError
+from gpt2es_cli.generate import Generation, GenerationConfig, generate, process_logits
+from gpt2es_cli.model import GPT2
+
+GREEDY = GenerationConfig(temperature=0, stop_at_eos=False, max_new_tokens=40)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return GPT2(ModelConfig.from_preset("tiny", vocab_size=300)).eval()
+
+
+def test_greedy_with_cache_equals_without(model):
+    prompt = [5, 17, 42, 8, 99, 3]
+    cached = generate(model, prompt, GREEDY, eos_id=0, num_samples=2, use_cache=True)
+    plain = generate(model, prompt, GREEDY, eos_id=0, num_samples=2, use_cache=False)
+    assert cached == plain
+    assert len(cached[0]) == 40 and cached[0] == cached[1]
+
+
+def test_generation_runs_past_the_context(model):
+    cfg = GenerationConfig(temperature=0, stop_at_eos=False, max_new_tokens=150)  # context is 64
+    out = generate(model, [1, 2, 3], cfg, eos_id=0)
+    assert len(out[0]) == 150
+
+
+def test_seeded_sampling_is_reproducible(model):
+    cfg = GenerationConfig(temperature=1.0, top_k=0, top_p=1.0, seed=123, stop_at_eos=False, max_new_tokens=30)
+    a = generate(model, [1, 2], cfg, eos_id=0, num_samples=3)
+    assert a == generate(model, [1, 2], cfg, eos_id=0, num_samples=3)
+    assert a[0] != a[1]  # samples in a batch differ
+    other = GenerationConfig(temperature=1.0, top_k=0, top_p=1.0, seed=124, stop_at_eos=False, max_new_tokens=30)
+    assert generate(model, [1, 2], other, eos_id=0, num_samples=3) != a
+
+
+def test_top_k_1_and_tiny_top_p_are_greedy(model):
+    greedy = generate(model, [7, 8], GREEDY, eos_id=0)
+    for cfg in (
+        GenerationConfig(temperature=1.0, top_k=1, top_p=None, seed=1, stop_at_eos=False, max_new_tokens=40),
+        GenerationConfig(temperature=1.0, top_k=0, top_p=1e-6, seed=1, stop_at_eos=False, max_new_tokens=40),
+    ):
+        assert generate(model, [7, 8], cfg, eos_id=0) == greedy
+
+
+def test_process_logits():
+    logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
+    seen = torch.tensor([[True, True, False, False]])
+    cfg = GenerationConfig(temperature=0, repetition_penalty=2.0)
+    torch.testing.assert_close(process_logits(logits, cfg, seen), torch.tensor([[1.0, -4.0, 1.0, 0.5]]))
+    top2 = process_logits(logits, GenerationConfig(temperature=1.0, top_k=2, top_p=None))
+    assert torch.isinf(top2[0, [1, 3]]).all() and torch.isfinite(top2[0, [0, 2]]).all()
+    # softmax of [2, 1, .5, -2] gives the top token 0.62: p=0.65 needs the second one too, not the third.
+    nucleus = process_logits(logits, GenerationConfig(temperature=1.0, top_k=0, top_p=0.65))
+    assert torch.isfinite(nucleus[0, [0, 2]]).all() and torch.isinf(nucleus[0, [1, 3]]).all()
+
+
+class ScriptedModel(GPT2):
+    """Emits token 9 twice, then <|endoftext|> (id 0) for sample 0, and keeps going for sample 1."""
+
+    def forward(self, idx, cache=None):
+        B, T = idx.shape
+        if cache is not None:
+            cache.length += T
+        logits = torch.zeros(B, T, self.config.vocab_size)
+        generated = idx.shape[1] - 3 if cache is None else None
+        n = generated if generated is not None else self._steps
+        for b in range(B):
+            logits[b, -1, 0 if (b == 0 and n >= 2) else 9] = 10.0
+        self._steps = getattr(self, "_steps", 0) + 1
+        return logits
+
+
+def test_stop_at_end_of_text():
+    m = ScriptedModel(ModelConfig.from_preset("tiny", vocab_size=50)).eval()
+    m._steps = 0
+    gen = Generation(m, [1, 2, 3], GenerationConfig(temperature=0, max_new_tokens=6), eos_id=0, num_samples=2)
+    steps = list(gen)
+    assert gen.samples[0] == [9, 9] and gen.finished[0]
+    assert gen.samples[1] == [9] * 6 and not gen.finished[1]
+    assert steps[2] == [None, 9]
+
+
+def test_long_prompt_is_left_truncated(model):
+    gen = Generation(model, list(range(1, 101)), GREEDY, eos_id=0)
+    assert gen.truncated == 36 and gen.prompt_ids == list(range(37, 101))
+    assert len(next(iter(gen))) == 1
+
+
+def test_empty_prompt_starts_from_end_of_text(model):
+    assert Generation(model, [], GREEDY, eos_id=0).prompt_ids == [0]
+
+
+def test_invalid_settings_listed_together(model):
+    with pytest.raises(GenerationError) as e:
+        GenerationConfig(temperature=-1, top_p=0, max_new_tokens=0, repetition_penalty=0).validate()
+    for part in ("temperature", "top-p", "max new tokens", "repetition penalty"):
+        assert part in str(e.value)
+    with pytest.raises(GenerationError, match="number of samples"):
+        Generation(model, [1], GREEDY, eos_id=0, num_samples=0)
