@@ -1,0 +1,188 @@
+"""Evaluation: loss, perplexity and bits per byte of a model on a text or a dataset split.
+
+Text longer than the context is scored with a sliding window, as in the Hugging Face perplexity
+guide: windows of `n_positions` tokens start every `stride` tokens, and each window scores only
+the targets that no earlier window scored, so every token after the first is scored exactly
+once, with at least `n_positions - stride` tokens of context (except at the very start).
+
+Bits per byte = total loss in bits / UTF-8 bytes of the scored text: unlike perplexity it does
+not depend on the tokenizer, so it compares models with different vocabularies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gpt2es_cli.errors import DataError
+from gpt2es_cli.model import GPT2
+from gpt2es_cli.tokenizer import Tokenizer
+
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+
+
+@dataclass
+class EvalResult:
+    """Scores of one model on one text."""
+
+    name: str
+    loss: float
+    """Mean cross-entropy in nats per scored token."""
+    perplexity: float
+    bits_per_byte: float
+    tokens: int
+    """Tokens scored."""
+    bytes: int
+    """UTF-8 bytes of the scored text (special tokens excluded)."""
+    seconds: float
+    tokens_per_second: float
+    context: int
+    stride: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def window_starts(num_targets: int, window: int, stride: int) -> list[int]:
+    """Start offsets of the windows that cover targets 1..num_targets (see module docstring)."""
+    last = num_targets - window
+    starts = list(range(0, last + 1, stride))
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+def count_text_bytes(tokenizer: Tokenizer, ids: np.ndarray, chunk: int = 1 << 16) -> int:
+    """UTF-8 bytes of the text the ids spell, special tokens excluded.
+
+    Decodes in chunks cut just after an <|endoftext|> where possible, so characters split across
+    tokens are not cut in two.
+    """
+    total, start, n = 0, 0, len(ids)
+    while start < n:
+        end = min(start + chunk, n)
+        if end < n:
+            eos = np.flatnonzero(ids[start:end] == tokenizer.eos_id)
+            if len(eos):
+                end = start + int(eos[-1]) + 1
+        total += len(tokenizer.decode(ids[start:end].tolist(), skip_special_tokens=True).encode("utf-8"))
+        start = end
+    return total
+
+
+@torch.inference_mode()
+def evaluate_ids(
+    model: GPT2,
+    ids: np.ndarray,
+    tokenizer: Tokenizer,
+    name: str = "model",
+    stride: int | None = None,
+    batch_size: int = 8,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Score token ids (1-D) with a sliding window. `progress(done, total)` counts tokens scored."""
+    context = model.config.n_positions
+    stride = context // 2 if stride is None else stride
+    if not 1 <= stride <= context:
+        raise DataError(f"--stride must be between 1 and the context ({context}), got {stride}")
+    if len(ids) < 2:
+        raise DataError(f"the text is too short to score: {len(ids)} token(s), at least 2 are needed")
+    if batch_size < 1:
+        raise DataError(f"--batch-size must be at least 1 (got {batch_size})")
+    device = model.wte.weight.device
+    num_targets = len(ids) - 1
+    window = min(context, num_targets)
+    starts = window_starts(num_targets, window, stride)
+    autocast = autocast or contextlib.nullcontext
+    total_nll, scored, scored_until = 0.0, 0, 0  # targets 1..scored_until are done
+    begin = time.perf_counter()
+    for b in range(0, len(starts), batch_size):
+        batch = starts[b : b + batch_size]
+        rows = np.stack([ids[s : s + window + 1] for s in batch]).astype(np.int64)
+        tokens = torch.from_numpy(rows).to(device)  # (B, window+1)
+        # Target j of a window starting at s is token s+1+j; score it only if no window did.
+        mask = torch.zeros(len(batch), window, dtype=torch.bool)
+        for r, s in enumerate(batch):
+            first_new = max(scored_until - s, 0)
+            mask[r, first_new:] = True
+            scored_until = s + window
+        mask = mask.to(device)
+        with autocast():
+            logits = model(tokens[:, :-1])  # (B, window, V)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+        total_nll += float(nll.view(len(batch), window)[mask].sum())
+        scored += int(mask.sum())
+        if progress:
+            progress(scored, num_targets)
+    seconds = time.perf_counter() - begin
+    assert scored == num_targets, (scored, num_targets)
+    nbytes = count_text_bytes(tokenizer, ids[1:])
+    loss = total_nll / scored
+    return EvalResult(
+        name=name,
+        loss=loss,
+        perplexity=math.exp(min(loss, 700.0)),
+        bits_per_byte=total_nll / math.log(2) / nbytes if nbytes else float("nan"),
+        tokens=scored,
+        bytes=nbytes,
+        seconds=seconds,
+        tokens_per_second=scored / seconds if seconds > 0 else float("inf"),
+        context=context,
+        stride=stride,
+    )
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Documents to evaluate on: a UTF-8 text file, or every text file under a directory."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"text path {path} does not exist: check the path")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"{path} holds no text files ({', '.join(TEXT_SUFFIXES)})")
+    texts = []
+    for f in files:
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{f} is not UTF-8 text (bad byte at offset {e.start}): convert it to UTF-8") from None
+        if text.strip():
+            texts.append(text)
+    if not texts:
+        raise DataError(f"{path} is empty: there is no text to evaluate")
+    return texts
+
+
+def encode_documents(tokenizer: Tokenizer, texts: list[str], max_tokens: int | None = None) -> np.ndarray:
+    """Token ids of the documents, each followed by <|endoftext|>, cut to max_tokens."""
+    out: list[int] = []
+    text_tokens = 0
+    for ids in tokenizer.encode_batch(texts):
+        out.extend(ids)
+        out.append(tokenizer.eos_id)
+        text_tokens += len(ids)
+        if max_tokens is not None and len(out) >= max_tokens:
+            break
+    if text_tokens < 2:
+        raise DataError(f"the text is too short to score: {text_tokens} token(s), at least 2 are needed")
+    return np.asarray(out[:max_tokens] if max_tokens else out, dtype=np.int64)
+
+
+def split_documents(tokenizer: Tokenizer, ids: np.ndarray) -> list[str]:
+    """Texts of the documents in a flat id array (separated by <|endoftext|>)."""
+    cuts = np.flatnonzero(ids == tokenizer.eos_id)
+    docs, start = [], 0
+    for end in [*cuts.tolist(), len(ids)]:
+        if end > start:
+            docs.append(tokenizer.decode(ids[start:end].tolist()))
+        start = end + 1
+    return docs
