@@ -86,12 +86,7 @@ class Checkpoint:
                 "special_tokens": tok.special_tokens,
                 "eos_id": tok.eos_id,
             }
-        training = None
-        if self.training:
-            # Scalars (step, tokens seen, best val loss, ...); optimizer and RNG states are skipped.
-            training = {
-                k: v for k, v in self.training.items() if isinstance(v, (int, float, str, bool)) or v is None
-            }
+        training = _training_summary(self.training) if self.training else None
         first = next(iter(self.model_state.values()), None)
         return {
             "path": str(self.path) if self.path else None,
@@ -118,6 +113,26 @@ class Checkpoint:
             "training": self.training,
             "extra": self.extra,
         }
+
+
+def _training_summary(training: dict[str, Any]) -> dict[str, Any]:
+    """Scalars of a training state (optimizer and RNG states skipped) plus its metrics history."""
+    summary = {k: v for k, v in training.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    dataset = training.get("dataset")
+    if isinstance(dataset, dict) and "path" in dataset:
+        summary["dataset"] = dataset["path"]
+    records = training.get("metrics") or []
+    train = [(r["step"], r["loss"]) for r in records if r.get("type") == "train" and r.get("loss") is not None]
+    evals = [r for r in records if r.get("type") == "eval" and r.get("val_loss") is not None]
+    summary["train_loss"] = [{"step": step, "loss": loss} for step, loss in train]
+    summary["evals"] = [
+        {k: r.get(k) for k in ("step", "tokens", "val_loss", "val_perplexity", "elapsed") if k in r} for r in evals
+    ]
+    summary.setdefault("recoveries", sum(1 for r in records if r.get("type") == "recovery"))
+    if evals:
+        best = min(evals, key=lambda r: r["val_loss"])
+        summary["best_val"] = {"val_loss": best["val_loss"], "step": best["step"], "tokens": best.get("tokens")}
+    return summary
 
 
 def _size_on_disk(path: Path) -> int:

@@ -133,15 +133,47 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for (special tokens: their text in UTF-8)."""
+        token = self.backend.id_to_token(token_id)
+        if token is None:
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary ({self.vocab_size})")
+        if token in self.special_tokens:
+            return token.encode("utf-8")
+        return bytes(_UNICODE_TO_BYTE[c] for c in token)
+
     def token_strings(self, ids: Iterable[int]) -> list[str]:
-        """How each id reads on its own (bytes that are not whole characters show as '�')."""
-        return [self.backend.decode([i], skip_special_tokens=False) for i in ids]
+        """How each id reads on its own; a token holding part of a character shows its bytes (<0xC2>)."""
+        out = []
+        for i in ids:
+            raw = self.token_bytes(i)
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append("".join(f"<0x{b:02X}>" for b in raw))
+        return out
 
     def to_json(self) -> str:
         return self.backend.to_str()
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_json(), encoding="utf-8")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters (used by byte-level BPE)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
 
 
 def _byte_level(backend: HFTokenizer) -> None:

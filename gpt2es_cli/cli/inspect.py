@@ -8,9 +8,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from gpt2es_cli.checkpoint import load_checkpoint
 from gpt2es_cli.cli.app import command, console
+from gpt2es_cli.data.dataset import PreparedDataset
+from gpt2es_cli.tokenizer import Tokenizer
 
 TARGET_HELP = (
     "A gpt2es checkpoint (.pth), a run directory, a local Hugging Face GPT-2 directory, "
@@ -48,14 +51,158 @@ def key_value_table(title: str, rows: dict[str, Any]) -> Table:
 @command("inspect")
 def inspect(
     target: Annotated[Path, typer.Argument(help=TARGET_HELP, show_default=False)],
+    tokenizer: Annotated[
+        bool, typer.Option("--tokenizer", help="Show how --text splits into tokens with TARGET's tokenizer.")
+    ] = False,
+    text: Annotated[str, typer.Option(help="Text for --tokenizer.")] = "Había una vez una niña que soñaba con el mar.",
+    seed: Annotated[int, typer.Option(help="Seed for the random window shown from a dataset.")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Show what is inside a checkpoint or a prepared dataset."""
+    """Show what is inside a checkpoint or a prepared dataset, or how a tokenizer splits text."""
+    if tokenizer:
+        view = tokenize_view(load_tokenizer(target), text)
+        if json_output:
+            console.print_json(json.dumps(view, ensure_ascii=False))
+        else:
+            render_tokens(view)
+        return
+    if is_dataset(target):
+        from gpt2es_cli.cli.render_data import render_dataset_summary
+        from gpt2es_cli.data.prepare import describe_dataset
+
+        summary = describe_dataset(target, seed=seed)
+        if json_output:
+            console.print_json(json.dumps(summary.to_dict(), ensure_ascii=False))
+        else:
+            render_dataset_summary(summary, console)
+        return
     summary = load_checkpoint(target).summary()
     if json_output:
         console.print_json(json.dumps(summary, ensure_ascii=False))
         return
     render_checkpoint(summary)
+
+
+def is_dataset(path: Path) -> bool:
+    return path.is_dir() and (path / "meta.json").is_file()
+
+
+def load_tokenizer(target: Path) -> Tokenizer:
+    """The tokenizer of a checkpoint, a dataset directory, or a tokenizer file/directory."""
+    if is_dataset(target):
+        return PreparedDataset.open(target).tokenizer()
+    if target.is_file() and target.suffix == ".json":
+        return Tokenizer.from_path(target)
+    if target.is_dir() and not (target / "config.json").is_file() and (
+        (target / "tokenizer.json").is_file() or (target / "vocab.json").is_file()
+    ):
+        return Tokenizer.from_path(target)
+    return load_checkpoint(target).tokenizer()
+
+
+def tokenize_view(tok: Tokenizer, text: str) -> dict[str, Any]:
+    """The tokens of `text`: ids and how each reads, plus counts."""
+    ids = tok.encode(text)
+    words = len(text.split())
+    nbytes = len(text.encode("utf-8"))
+    return {
+        "text": text,
+        "tokens": [{"id": i, "text": piece} for i, piece in zip(ids, tok.token_strings(ids))],
+        "count": len(ids),
+        "characters": len(text),
+        "bytes": nbytes,
+        "tokens_per_word": round(len(ids) / words, 3) if words else None,
+        "bytes_per_token": round(nbytes / len(ids), 3) if ids else None,
+        "vocab_size": tok.vocab_size,
+    }
+
+
+TOKEN_STYLES = ("black on cyan", "black on yellow", "black on green", "black on magenta")
+
+
+def render_tokens(view: dict[str, Any]) -> None:
+    pieces, ids = Text(), Text()
+    for n, token in enumerate(view["tokens"]):
+        style = TOKEN_STYLES[n % len(TOKEN_STYLES)]
+        # Show spaces and newlines so token boundaries are visible.
+        pieces.append(token["text"].replace(" ", "·").replace("\n", "⏎"), style=style)
+        ids.append(str(token["id"]), style=style)
+        ids.append(" ")
+    console.print(pieces)
+    console.print(ids)
+    per_word = view["tokens_per_word"]
+    console.print(
+        f"[dim]{view['count']} tokens for {view['characters']} characters ({view['bytes']} bytes): "
+        f"{view['bytes_per_token']} bytes/token"
+        + (f", {per_word} tokens/word" if per_word is not None else "")
+        + f"; vocabulary {view['vocab_size']:,}[/]"
+    )
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """A one-line chart of values, averaged into at most `width` buckets."""
+    if not values:
+        return ""
+    buckets = min(width, len(values))
+    means = []
+    for b in range(buckets):
+        chunk = values[b * len(values) // buckets : (b + 1) * len(values) // buckets]
+        means.append(sum(chunk) / len(chunk))
+    lo, hi = min(means), max(means)
+    span = (hi - lo) or 1.0
+    return "".join(SPARKS[min(len(SPARKS) - 1, int((v - lo) / span * len(SPARKS)))] for v in means)
+
+
+def human_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
+
+
+def render_training(t: dict[str, Any]) -> None:
+    rows: dict[str, Any] = {}
+    if "step" in t:
+        total = t.get("total_steps")
+        rows["step"] = f"{t['step']:,}" + (f" / {total:,}" if total else "")
+    if "tokens_seen" in t:
+        rows["tokens seen"] = f"{t['tokens_seen']:,} ({human_count(t['tokens_seen'])})"
+    if t.get("elapsed") is not None:
+        rows["time trained"] = human_seconds(t["elapsed"])
+    if t.get("best_val"):
+        best = t["best_val"]
+        rows["best val loss"] = f"{best['val_loss']:.4f} at step {best['step']:,}"
+    elif t.get("best_val_loss") is not None:
+        rows["best val loss"] = f"{t['best_val_loss']:.4f}"
+    if t.get("dataset"):
+        rows["trained on"] = t["dataset"]
+    if t.get("recoveries"):
+        rows["NaN recoveries"] = str(t["recoveries"])
+    console.print(key_value_table("Training", rows))
+    losses = [r["loss"] for r in t.get("train_loss", [])]
+    if losses:
+        console.print(
+            f"  train loss  {losses[0]:.3f} [cyan]{sparkline(losses)}[/] {losses[-1]:.3f}"
+            f"  [dim]({len(losses)} logged steps)[/]"
+        )
+    if t.get("evals"):
+        table = Table(title="Validation history", title_justify="left")
+        for col in ("step", "tokens", "val loss", "perplexity"):
+            table.add_column(col, justify="right")
+        best_step = t.get("best_val", {}).get("step")
+        for r in t["evals"]:
+            ppl = r.get("val_perplexity")
+            table.add_row(
+                f"{r['step']:,}",
+                human_count(r["tokens"]) if r.get("tokens") is not None else "-",
+                f"{r['val_loss']:.4f}",
+                f"{ppl:,.2f}" if ppl is not None else "-",
+                style="bold green" if r["step"] == best_step else None,
+            )
+        console.print(table)
 
 
 def render_checkpoint(s: dict[str, Any]) -> None:
@@ -103,7 +250,7 @@ def render_checkpoint(s: dict[str, Any]) -> None:
         )
     if s["training"]:
         console.print()
-        console.print(key_value_table("Training state", s["training"]))
+        render_training(s["training"])
     if s["extra"]:
         console.print()
         console.print(key_value_table("Extra", s["extra"]))

@@ -1,0 +1,91 @@
+"""`gpt2es inspect`: training history, the tokenizer view, JSON everywhere."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gpt2es_cli.checkpoint import load_checkpoint, save_model
+from gpt2es_cli.cli import app
+from gpt2es_cli.cli.inspect import sparkline
+from gpt2es_cli.data.dataset import DatasetWriter
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def trained_checkpoint(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
+    """A checkpoint with a training state shaped like the trainer's."""
+    metrics = [{"type": "train", "step": s, "tokens": s * 64, "loss": 6.0 - s * 0.05} for s in range(1, 41)]
+    metrics += [
+        {"type": "eval", "step": 20, "tokens": 1280, "val_loss": 5.1, "val_perplexity": 164.0},
+        {"type": "eval", "step": 40, "tokens": 2560, "val_loss": 4.7, "val_perplexity": 109.9},
+        {"type": "recovery", "step": 33, "restored_step": 30},
+    ]
+    training = {
+        "step": 40,
+        "total_steps": 100,
+        "tokens_seen": 2560,
+        "elapsed": 75.5,
+        "best_val_loss": 4.7,
+        "dataset": {"path": "data/demo", "train_sha256": "abc"},
+        "metrics": metrics,
+        "optimizer": {"state": {}, "param_groups": []},
+    }
+    path = tmp_path / "last.pth"
+    save_model(path, tiny_model, tiny_config, tiny_tokenizer, training=training)
+    return path
+
+
+def test_training_history(trained_checkpoint):
+    summary = load_checkpoint(trained_checkpoint).summary()["training"]
+    assert summary["best_val"] == {"val_loss": 4.7, "step": 40, "tokens": 2560}
+    assert summary["dataset"] == "data/demo" and summary["recoveries"] == 1
+    assert len(summary["train_loss"]) == 40 and "optimizer" not in summary
+    r = runner.invoke(app, ["inspect", str(trained_checkpoint)])
+    assert r.exit_code == 0, r.output
+    for text in ("Training", "40 / 100", "1m 15s", "4.7000 at step 40", "data/demo", "Validation history", "109.90", "train loss"):
+        assert text in r.stdout, text
+    assert any(c in r.stdout for c in "▁▂▃▄▅▆▇█")
+    data = json.loads(runner.invoke(app, ["inspect", str(trained_checkpoint), "--json"]).stdout)
+    assert data["training"]["evals"][1]["val_loss"] == 4.7
+
+
+def test_sparkline_shape():
+    line = sparkline([float(x) for x in range(100, 0, -1)], width=10)
+    assert len(line) == 10 and line[0] == "█" and line[-1] == "▁"
+    assert sparkline([]) == "" and len(sparkline([1.0, 1.0])) == 2
+
+
+def test_tokenizer_view(tiny_checkpoint, tiny_tokenizer):
+    text = "¡Había una vez un niño!"
+    r = runner.invoke(app, ["inspect", "--tokenizer", str(tiny_checkpoint), "--text", text, "--json"])
+    assert r.exit_code == 0, r.output
+    view = json.loads(r.stdout)
+    assert [t["id"] for t in view["tokens"]] == tiny_tokenizer.encode(text)
+    assert "".join(t["text"] for t in view["tokens"]) == text
+    r = runner.invoke(app, ["inspect", "--tokenizer", str(tiny_checkpoint), "--text", text])
+    assert r.exit_code == 0 and "tokens for" in r.stdout
+
+
+def test_tokenizer_view_shows_bytes_of_split_characters(gpt2_tokenizer_dir):
+    r = runner.invoke(app, ["inspect", "--tokenizer", str(gpt2_tokenizer_dir), "--text", "¿Qué?", "--json"])
+    view = json.loads(r.stdout)
+    assert view["tokens"][0]["text"] == "<0xC2>" and view["tokens"][1]["text"] == "<0xBF>"
+    assert [t["id"] for t in view["tokens"]][:2] == [126, 123]
+
+
+def test_tokenizer_view_of_a_dataset(tmp_path, tiny_tokenizer):
+    out = tmp_path / "data"
+    with DatasetWriter(out, tiny_tokenizer) as w:
+        w.write_document("train", tiny_tokenizer.encode("hola"), 4)
+        w.write_document("val", tiny_tokenizer.encode("adiós"), 6)
+        w.finish()
+    r = runner.invoke(app, ["inspect", "--tokenizer", str(out), "--text", "El niño", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["count"] == len(tiny_tokenizer.encode("El niño"))
+
+
+def test_missing_target(tmp_path):
+    r = runner.invoke(app, ["inspect", str(tmp_path / "nothing")])
+    assert r.exit_code == 1 and "does not exist" in r.stderr
