@@ -68,7 +68,7 @@ def inspect(
         return
     if is_dataset(target):
         from gpt2es_cli.cli.render_data import render_dataset_summary
-        from gpt2es_cli.data.prepare import describe_dataset
+        from gpt2es_cli.data.summary import describe_dataset
 
         summary = describe_dataset(target, seed=seed)
         if json_output:

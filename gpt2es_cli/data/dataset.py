@@ -36,6 +36,12 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits (vocab <= 65536), else uint32."""
     return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
@@ -111,6 +117,7 @@ class DatasetWriter:
             "splits": self.split_stats(),
             **(meta or {}),
         }
+        os.chmod(self.tmp, 0o755 & ~_umask())  # mkdtemp makes it private; a dataset is not
         self.tokenizer.save(self.tmp / "tokenizer.json")
         (self.tmp / "meta.json").write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if self.out_dir.exists():

@@ -1,0 +1,185 @@
+"""Benchmark `gpt2es prepare` against the Hugging Face `run_clm` way, and its memory at scale.
+
+On ../shared/corpus/es, with GPT-2's tokenizer from ../shared/gpt2-tokenizer for both:
+
+1. Throughput (MB of raw text per second, wall clock, each run in a fresh process):
+   - prepare, with 1 process and with one worker per CPU;
+   - the run_clm way: `datasets.load_dataset("text")`, `Dataset.map(tokenizer, batched=True)`,
+     then `map(group_texts)` into 1024-token blocks, as in transformers' examples/run_clm.py.
+   Target: prepare >= 2x run_clm.
+2. Peak RSS (ru_maxrss) of prepare on the corpus once (1x) and four times (4x: the same files
+   read four times by a Source, each copy's documents made distinct so nothing is deduplicated
+   away and 4x the tokens are written; nothing is copied on disk). Target: 4x within 1.2x of 1x.
+
+    python benchmarks/bench_prepare.py            # the whole corpus (~6 minutes on 2 cores)
+    python benchmarks/bench_prepare.py --files 12 # a quick check on the first 12 books
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CORPUS = SHARED / "corpus" / "es"
+GPT2 = SHARED / "gpt2-tokenizer"
+BLOCK_SIZE = 1024
+
+
+def corpus_files(n: int | None) -> list[Path]:
+    files = sorted(CORPUS.glob("*.txt"))
+    return files[:n] if n else files
+
+
+# --- the measured runs (each in its own process) ----------------------------------------------
+
+
+def run_prepare(files: list[Path], out: Path, num_proc: int, copies: int) -> dict:
+    from gpt2es_cli.data.prepare import PrepareOptions, prepare
+    from gpt2es_cli.data.sources import FilesSource, Source
+
+    class Copies(Source):
+        """The files read `copies` times; each copy's documents end in a distinct marker."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = FilesSource("bench", files)
+            self.name = f"{copies}x corpus"
+            self.total_bytes = self.inner.total_bytes * copies
+
+        def documents(self) -> Iterator[str]:
+            for copy in range(copies):
+                for doc in self.inner.documents():
+                    self.position = self.inner.total_bytes * copy + self.inner.position
+                    yield doc if copy == 0 else f"{doc.rstrip()} ({copy})"
+            self.counts = self.inner.counts
+
+        def describe(self) -> dict:
+            return {"kind": "bench", "copies": copies}
+
+    started = time.perf_counter()
+    result = prepare(Copies(), PrepareOptions(out=out, tokenizer=str(GPT2), num_proc=num_proc, force=True))
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "tokens": result.tokens,
+        "documents": result.hygiene.documents_kept,
+        "main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+def run_clm_way(files: list[Path], cache: Path, num_proc: int | None) -> dict:
+    """transformers' examples/pytorch/language-modeling/run_clm.py, its data part."""
+    from itertools import chain
+
+    import datasets
+    from transformers import GPT2TokenizerFast
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # "sequence length is longer than the maximum" warnings
+    datasets.disable_progress_bars()
+    started = time.perf_counter()
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(GPT2))
+    raw = datasets.load_dataset(
+        "text", data_files={"train": [str(f) for f in files]}, cache_dir=str(cache), keep_linebreaks=True
+    )
+    tokenized = raw.map(lambda ex: tokenizer(ex["text"]), batched=True, num_proc=num_proc, remove_columns=["text"])
+
+    def group_texts(examples: dict) -> dict:
+        concatenated = {k: list(chain(*examples[k])) for k in examples}
+        total = len(concatenated["input_ids"]) // BLOCK_SIZE * BLOCK_SIZE
+        result = {k: [t[i : i + BLOCK_SIZE] for i in range(0, total, BLOCK_SIZE)] for k, t in concatenated.items()}
+        result["labels"] = result["input_ids"].copy()
+        return result
+
+    blocks = tokenized.map(group_texts, batched=True, num_proc=num_proc)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "tokens": len(blocks["train"]) * BLOCK_SIZE}
+
+
+def child(args: argparse.Namespace) -> None:
+    files = corpus_files(args.files)
+    work = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
+    try:
+        if args.child == "prepare":
+            result = run_prepare(files, work / "out", args.num_proc, args.copies)
+        else:
+            result = run_clm_way(files, work / "cache", args.num_proc if args.num_proc > 1 else None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def measure(kind: str, files: int | None, num_proc: int, copies: int = 1, repeat: int = 1) -> dict:
+    """The fastest of `repeat` runs, each in a fresh process (the machine may be shared)."""
+    cmd = [sys.executable, __file__, "--child", kind, "--num-proc", str(num_proc), "--copies", str(copies)]
+    if files:
+        cmd += ["--files", str(files)]
+    runs = []
+    for _ in range(repeat):
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return min(runs, key=lambda r: r["seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=None, help="only the first N books (default: all)")
+    parser.add_argument("--repeat", type=int, default=2, help="time each method N times, keep the fastest")
+    parser.add_argument("--child", choices=["prepare", "run_clm"], help=argparse.SUPPRESS)
+    parser.add_argument("--num-proc", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    if not (CORPUS.is_dir() and (GPT2 / "vocab.json").is_file()):
+        sys.exit(f"needs {CORPUS} and {GPT2}")
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    files = corpus_files(args.files)
+    mb = sum(f.stat().st_size for f in files) / 1e6
+    print(f"corpus: {len(files)} books, {mb:.1f} MB ({CORPUS}); tokenizer: GPT-2 ({GPT2}); {cpus} CPUs")
+    print(f"each time: the fastest of {args.repeat} runs, each in a fresh process")
+    print(f"{'method':<52}{'seconds':>9}{'MB/s':>8}{'tokens':>13}")
+    n = args.repeat
+    rows = [
+        ("prepare, 1 process", measure("prepare", args.files, 1, repeat=n)),
+        (f"prepare, {cpus} workers", measure("prepare", args.files, cpus, repeat=n)),
+        ("run_clm way (datasets.map + group_texts), 1 process", measure("run_clm", args.files, 1, repeat=n)),
+        (f"run_clm way, num_proc={cpus}", measure("run_clm", args.files, cpus, repeat=n)),
+    ]
+    for name, r in rows:
+        print(f"{name:<52}{r['seconds']:>9.1f}{mb / r['seconds']:>8.2f}{r['tokens']:>13,}")
+    best_prepare = min(r["seconds"] for name, r in rows if name.startswith("prepare"))
+    best_clm = min(r["seconds"] for name, r in rows if name.startswith("run_clm"))
+    print(f"throughput, best prepare / best run_clm way: {best_clm / best_prepare:.2f}x (target >= 2x)")
+
+    one = measure("prepare", args.files, cpus, copies=1)
+    four = measure("prepare", args.files, cpus, copies=4)
+    print(f"peak RSS of prepare ({cpus} workers):")
+    for name, r in (("1x", one), ("4x", four)):
+        print(
+            f"  {name}: main {r['main_rss_mb']:.0f} MB, largest worker {r['worker_rss_mb']:.0f} MB "
+            f"({r['documents']:,} documents, {r['tokens']:,} tokens, {r['seconds']:.1f} s)"
+        )
+    ratio = four["main_rss_mb"] / one["main_rss_mb"]
+    worker_ratio = four["worker_rss_mb"] / max(one["worker_rss_mb"], 1)
+    print(f"  4x / 1x: main {ratio:.2f}x, worker {worker_ratio:.2f}x (target <= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Rich rendering of prepared datasets: the tables `prepare` ends with and `inspect DATA_DIR` shows.
+
+Everything here takes data the library computed (meta.json, `DatasetSummary`) and only prints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from gpt2es_cli.data.prepare import tokenizer_label
+from gpt2es_cli.data.summary import DatasetSummary
+from gpt2es_cli.tokenizer import EOS_TOKEN
+
+HYGIENE_LABELS = {
+    "documents_read": "documents read",
+    "documents_kept": "documents kept",
+    "empty": "empty after cleaning",
+    "too_short": "shorter than --min-chars",
+    "duplicates": "exact duplicates dropped",
+    "undecodable_bytes": "undecodable bytes replaced",
+    "control_chars_removed": "control characters removed",
+    "skipped_records": "records without text skipped",
+    "long_documents_split": "over-long documents cut",
+}
+
+
+def _mb(n: int | float) -> str:
+    return f"{n / 1e6:,.2f}"
+
+
+def splits_table(meta: dict[str, Any]) -> Table:
+    """Documents, bytes and tokens per split."""
+    table = Table(title="Splits", title_justify="left")
+    for name in ("split", "documents", "MB", "tokens", "tokens/doc"):
+        table.add_column(name, justify="left" if name == "split" else "right")
+    total = {"documents": 0, "bytes": 0, "tokens": 0}
+    for split, s in meta["splits"].items():
+        per_doc = f"{s['tokens'] / s['documents']:,.1f}" if s["documents"] else "-"
+        table.add_row(split, f"{s['documents']:,}", _mb(s["bytes"]), f"{s['tokens']:,}", per_doc)
+        for k in total:
+            total[k] += s[k]
+    table.add_section()
+    per_doc = f"{total['tokens'] / total['documents']:,.1f}" if total["documents"] else "-"
+    table.add_row("total", f"{total['documents']:,}", _mb(total["bytes"]), f"{total['tokens']:,}", per_doc)
+    return table
+
+
+def hygiene_table(meta: dict[str, Any]) -> Table | None:
+    """What text hygiene did (prepare's counts)."""
+    hygiene = meta.get("hygiene")
+    if not hygiene:
+        return None
+    table = Table(title="Text hygiene", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key, value in hygiene.items():
+        table.add_row(HYGIENE_LABELS.get(key, key), f"{value:,}")
+    return table
+
+
+def fertility_table(meta: dict[str, Any]) -> Table | None:
+    """Tokens per word and bytes per token on the validation sample, per tokenizer."""
+    fertility = meta.get("fertility")
+    if not fertility or not fertility.get("tokenizers"):
+        return None
+    sample = fertility["sample"]
+    table = Table(
+        title="Tokenizer fertility",
+        caption=f"on {sample['documents']:,} validation documents: {sample['words']:,} words, "
+        f"{_mb(sample['bytes'])} MB",
+        title_justify="left",
+        caption_justify="left",
+    )
+    for name in ("tokenizer", "tokens", "tokens/word", "bytes/token"):
+        table.add_column(name, justify="left" if name == "tokenizer" else "right")
+    for row in fertility["tokenizers"]:
+        table.add_row(
+            escape(row["name"]),
+            f"{row['tokens']:,}",
+            "-" if row["tokens_per_word"] is None else f"{row['tokens_per_word']:.3f}",
+            "-" if row["bytes_per_token"] is None else f"{row['bytes_per_token']:.3f}",
+        )
+    return table
+
+
+def _pairs(title: str, items: dict[str, Any]) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in items.items():
+        if isinstance(value, list):
+            value = "\n".join(map(str, value))
+        table.add_row(escape(str(key)), escape("-" if value is None else str(value)))
+    return table
+
+
+def dataset_table(summary: DatasetSummary) -> Table:
+    meta = summary.meta
+    tok = meta.get("tokenizer") or {}
+    items = {
+        "path": str(summary.path),
+        "format": f"{meta.get('format')} v{meta.get('format_version')} (gpt2es {meta.get('gpt2es_version')})",
+        "created": meta.get("created"),
+        "dtype": meta.get("dtype"),
+        "vocab size": meta.get("vocab_size"),
+        "eos id": meta.get("eos_id"),
+        "tokenizer": tokenizer_label(tok) if tok else "-",
+        "seed": meta.get("seed"),
+        "val fraction": meta.get("val_fraction"),
+    }
+    if tok.get("origin") == "trained":
+        items["tokenizer trained on"] = f"{tok['trained_on_documents']:,} documents, {_mb(tok['trained_on_bytes'])} MB"
+    if summary.bad_checksums is not None:
+        items["checksums"] = "ok" if not summary.bad_checksums else "MISMATCH: " + ", ".join(summary.bad_checksums)
+    return _pairs("Dataset", items)
+
+
+def lengths_table(summary: DatasetSummary) -> Table:
+    table = Table(title="Document length (tokens)", title_justify="left")
+    for name in ("split", "documents", "mean", "min", "p10", "median", "p90", "max"):
+        table.add_column(name, justify="left" if name == "split" else "right")
+    for split, s in summary.lengths.items():
+        if s is None:
+            table.add_row(split, "0", *["-"] * 6)
+            continue
+        docs = f"{s.documents:,}" + (" (sampled)" if s.sampled else "")
+        table.add_row(
+            split,
+            docs,
+            f"{s.mean:,.1f}",
+            f"{s.minimum:,}",
+            f"{s.p10:,.0f}",
+            f"{s.median:,.0f}",
+            f"{s.p90:,.0f}",
+            f"{s.maximum:,}",
+        )
+    return table
+
+
+def window_panel(summary: DatasetSummary) -> Panel | None:
+    """The decoded window, with each <|endoftext|> shown dimmed on its own line."""
+    w = summary.window
+    if w is None:
+        return None
+    text = Text()
+    for i, part in enumerate(w.text.split(EOS_TOKEN)):
+        if i:
+            text.append(f"\n{EOS_TOKEN}\n", style="dim")
+        text.append(part)
+    title = f"{w.tokens} tokens of {w.split} from position {w.start:,}"
+    return Panel(text, title=title, title_align="left")
+
+
+def render_dataset_summary(summary: DatasetSummary, console: Console) -> None:
+    """Print everything `gpt2es inspect DATA_DIR` shows."""
+    meta = summary.meta
+    parts: list[Any] = [dataset_table(summary), splits_table(meta), lengths_table(summary)]
+    parts += [t for t in (fertility_table(meta), hygiene_table(meta)) if t is not None]
+    if meta.get("source"):
+        parts.append(_pairs("Source", meta["source"]))
+    if meta.get("arguments"):
+        parts.append(_pairs("Arguments", meta["arguments"]))
+    panel = window_panel(summary)
+    if panel is not None:
+        parts.append(panel)
+    for part in parts:
+        console.print(part)
+        console.print()
