@@ -1,34 +1,51 @@
-"""Generation speed at batch 1: ours with the KV cache, ours without, transformers' generate.
+"""Generation speed at batch 1: ours (float32 with and without the KV cache, bfloat16, int8)
+against transformers' generate(use_cache=True) in float32 and bfloat16.
 
-Same weights for all three (our model exported to Hugging Face format), 16 prompt tokens,
-256 new tokens, greedy, interleaved in one process. Prints tokens/s, ratios, and whether our
-greedy output is identical to transformers' greedy output.
+Same weights for all (our model exported to Hugging Face format), 16 prompt tokens, 256 new
+tokens, greedy, runs interleaved in one process so drift on a shared machine hits all alike.
+Prints tokens/s (median and best of --repeats), ratios to transformers in float32, and whether
+each greedy output is identical to transformers' at the same precision (float32 is the exact
+comparison; in bf16 and int8 rounding can flip a near-tie, so the length of the agreeing
+prefix is printed too).
 
-    python benchmarks/bench_generate.py                 # small preset on the CPU
-    python benchmarks/bench_generate.py --preset gpt2   # e.g. on a GPU (--device cuda)
+    python benchmarks/bench_generate.py                          # small preset on the CPU
+    python benchmarks/bench_generate.py --preset gpt2 --device cuda
+    python benchmarks/bench_generate.py --checkpoint runs/x/best.pth   # trained weights
 
-Target (issue 5): ours with cache >= 4x transformers' cached generate at batch 1 on the CPU.
+Target (issue 5): ours with the KV cache >= 4x transformers' cached generate at batch 1 on the
+CPU, with greedy output identical to transformers' (float32).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from gpt2es_cli.checkpoint import Checkpoint  # noqa: E402
+from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
 from gpt2es_cli.config import ModelConfig  # noqa: E402
+from gpt2es_cli.device import bf16_supported  # noqa: E402
 from gpt2es_cli.export import export_hf  # noqa: E402
 from gpt2es_cli.generate import GenerationConfig, generate  # noqa: E402
 from gpt2es_cli.model import GPT2  # noqa: E402
+from gpt2es_cli.quantize import int8_supported, prepare_for_inference  # noqa: E402
 from gpt2es_cli.tokenizer import Tokenizer  # noqa: E402
+
+HF32 = "transformers float32 generate(use_cache=True)"
+HF16 = "transformers bfloat16 generate(use_cache=True)"
+OURS32 = "ours float32 (KV cache)"
+OURS32_NO_CACHE = "ours float32 (no cache)"
+OURS16 = "ours bfloat16 (KV cache)"
+OURS8 = "ours int8 weights, bfloat16 (KV cache)"
 
 
 def sync(device: torch.device) -> None:
@@ -36,56 +53,101 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def agreeing_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def build(args: argparse.Namespace, device: torch.device) -> tuple[GPT2, Checkpoint]:
+    """Our float32 model and a checkpoint of it (random weights of a preset, or --checkpoint)."""
+    needed = args.prompt_tokens + args.new_tokens
+    if args.checkpoint:
+        ckpt = load_checkpoint(args.checkpoint)
+        if needed > ckpt.model_config.n_positions:
+            sys.exit(f"--prompt-tokens + --new-tokens = {needed} exceeds the checkpoint's context")
+        return ckpt.build_model(device), ckpt
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size)
+    if needed > config.n_positions:
+        # transformers' GPT-2 cannot go past its learned positions: widen the context to fit.
+        print(f"note: n_positions raised from {config.n_positions} to {needed} so every run fits the context")
+        config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size, n_positions=needed)
+    model = GPT2(config).eval()
+    # A throwaway tokenizer only so the export is complete; generation here works on ids.
+    tok = Tokenizer.train(["hola mundo"] * 10, vocab_size=300, min_frequency=1)
+    ckpt = Checkpoint(config, {k: v.cpu() for k, v in model.state_dict().items()}, tok.to_json())
+    return model.to(device), ckpt
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small")
     p.add_argument("--vocab-size", type=int, default=32768)
+    p.add_argument("--checkpoint", help="use this gpt2es checkpoint's weights instead of a random preset")
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
 
     from transformers import AutoModelForCausalLM
 
     device = torch.device(args.device)
-    torch.manual_seed(0)
-    config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size)
-    needed = args.prompt_tokens + args.new_tokens
-    if needed > config.n_positions:
-        # transformers' GPT-2 cannot go past its learned positions: widen the context to fit.
-        print(f"note: n_positions raised from {config.n_positions} to {needed} so all three fit the context")
-        config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab_size, n_positions=needed)
-    ours = GPT2(config).to(device).eval()
-    # A throwaway tokenizer only so the export is complete; generation here works on ids.
-    tok = Tokenizer.train(["hola mundo"] * 10, vocab_size=300, min_frequency=1)
+    ours, ckpt = build(args, device)
+    vocab = ours.config.vocab_size
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Checkpoint(config, {k: v.cpu() for k, v in ours.state_dict().items()}, tok.to_json())
         out = export_hf(ckpt, os.path.join(tmp, "hf"))
         hf = AutoModelForCausalLM.from_pretrained(out, attn_implementation="sdpa").to(device).eval()
 
-    prompt = torch.randint(0, args.vocab_size, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)).tolist()
+    half = bf16_supported(device)
+    variants: dict[str, GPT2] = {OURS32: ours}
+    if half:
+        variants[OURS16] = prepare_for_inference(copy.deepcopy(ours), torch.bfloat16)
+    if half and int8_supported(device):
+        variants[OURS8] = prepare_for_inference(copy.deepcopy(ours), torch.bfloat16, "int8")
+    else:
+        print(f"note: int8 weight-only matmul not available on {device.type} in this torch build: skipped")
+    hf_models = {HF32: hf}
+    if half:
+        hf_models[HF16] = copy.deepcopy(hf).to(torch.bfloat16)
+
+    prompt = torch.randint(0, vocab, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)).tolist()
     n = args.new_tokens
     cfg = GenerationConfig(max_new_tokens=n, temperature=0, stop_at_eos=False)
-    eos = args.vocab_size - 1
+    eos = vocab - 1
 
-    def run_ours(cache: bool) -> list[int]:
-        return generate(ours, prompt, cfg, eos_id=eos, use_cache=cache)[0]
+    def run_ours(model: GPT2, cache: bool = True) -> list[int]:
+        return generate(model, prompt, cfg, eos_id=eos, use_cache=cache)[0]
 
-    def run_hf() -> list[int]:
+    def run_hf(model) -> list[int]:
         x = torch.tensor([prompt], device=device)
         with torch.inference_mode():
-            y = hf.generate(
+            y = model.generate(
                 x, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
                 pad_token_id=eos, eos_token_id=None,
             )
         return y[0, len(prompt):].tolist()
 
-    runs = {"ours (KV cache)": lambda: run_ours(True), "ours (no cache)": lambda: run_ours(False), "transformers generate(use_cache=True)": run_hf}
-    outputs, times = {}, {k: [] for k in runs}
-    for name, fn in runs.items():  # warm-up
-        outputs[name] = fn()
-    for _ in range(args.repeats):  # interleaved so drift on a shared machine hits all equally
+    # Each of our runs against transformers at the same precision; int8 against float32, the
+    # model it approximates.
+    runs: dict[str, Callable[[], list[int]]] = {}
+    reference: dict[str, str] = {}
+    for name, model in variants.items():
+        runs[name] = lambda m=model: run_ours(m)
+        reference[name] = HF16 if name == OURS16 else HF32
+        if name == OURS32:
+            runs[OURS32_NO_CACHE] = lambda m=model: run_ours(m, cache=False)
+            reference[OURS32_NO_CACHE] = HF32
+    for name, model in hf_models.items():
+        runs[name] = lambda m=model: run_hf(m)
+
+    outputs = {name: fn() for name, fn in runs.items()}  # warm-up, and the outputs compared
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(args.repeats):
         for name, fn in runs.items():
             sync(device)
             t = time.perf_counter()
@@ -93,18 +155,35 @@ def main() -> None:
             sync(device)
             times[name].append(time.perf_counter() - t)
 
-    print(f"device={device} preset={args.preset} vocab={args.vocab_size} prompt={len(prompt)} new={n} "
-          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+    source = args.checkpoint or f"preset={args.preset} (random weights)"
+    print(f"device={device} {source} layers={ours.config.n_layer} width={ours.config.n_embd} vocab={vocab} "
+          f"prompt={len(prompt)} new={n} threads={torch.get_num_threads()} torch={torch.__version__}")
     rate = {k: n / statistics.median(v) for k, v in times.items()}
-    for name, r in rate.items():
-        print(f"  {name:40s} {r:8.1f} tokens/s  (median of {args.repeats})")
-    hf_rate = rate["transformers generate(use_cache=True)"]
-    print(f"  ratio ours (KV cache) / transformers: {rate['ours (KV cache)'] / hf_rate:.2f}x")
-    print(f"  ratio ours (KV cache) / ours (no cache): {rate['ours (KV cache)'] / rate['ours (no cache)']:.2f}x")
-    same = outputs["ours (KV cache)"] == outputs["transformers generate(use_cache=True)"]
-    print(f"  greedy output identical to transformers: {same}")
-    print(f"  greedy output identical with and without cache: {outputs['ours (KV cache)'] == outputs['ours (no cache)']}")
-    sys.exit(0 if same else 1)
+    best = {k: n / min(v) for k, v in times.items()}
+    hf_rate = rate[HF32]
+    print(f"  {'':47s} {'tokens/s':>9s} {'best':>8s} {'vs HF fp32':>10s}  greedy output vs transformers")
+    def agreement(name: str, ref: str) -> str:
+        agree = agreeing_prefix(outputs[name], outputs[ref])
+        same = "identical" if agree == n else f"differs after {agree} of {n} tokens"
+        return same + (" (vs bf16)" if ref == HF16 else " (vs fp32)")
+
+    for name in runs:
+        if name in reference:
+            same = agreement(name, reference[name])
+            if reference[name] != HF32:
+                same += "; " + agreement(name, HF32)
+        else:
+            same = "(reference)"
+        print(f"  {name:47s} {rate[name]:9.1f} {best[name]:8.1f} {rate[name] / hf_rate:9.2f}x  {same}")
+    fastest = max((k for k in runs if k.startswith("ours")), key=rate.get)
+    print(f"  fastest of ours / transformers float32: {rate[fastest] / hf_rate:.2f}x ({fastest})")
+    if OURS16 in rate:
+        print(f"  ours bfloat16 / transformers bfloat16: {rate[OURS16] / rate[HF16]:.2f}x")
+    cache_same = outputs[OURS32] == outputs[OURS32_NO_CACHE]
+    print(f"  float32 greedy identical with and without the cache: {cache_same}")
+    exact = outputs[OURS32] == outputs[HF32]
+    print(f"  float32 greedy identical to transformers: {exact}")
+    sys.exit(0 if exact and cache_same else 1)
 
 
 if __name__ == "__main__":

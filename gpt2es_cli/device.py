@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,52 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type in ("cpu", "mps")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (x86: AVX512-BF16 or AMX; Arm: the BF16
+    extension). Elsewhere bf16 matmuls are emulated and can be slower than float32."""
+    try:
+        if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        # On Arm this asks oneDNN whether the CPU has the BF16 extension.
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # private torch probes: absent means no
+        return False
+
+
+INFERENCE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def select_inference_dtype(device: torch.device, dtype: str = "auto", quantize: str | None = None) -> torch.dtype:
+    """The dtype to cast a model's weights to for inference (--dtype; no autocast).
+
+    auto: bfloat16 on CUDA GPUs that support it (float16 on older ones) and on CPUs with native
+    bf16 instructions (`cpu_has_native_bf16`); float32 elsewhere (other CPUs, Apple MPS).
+    With `quantize="int8"` the activations are bfloat16 (the int8 kernel is fast only there):
+    auto gives bfloat16 and any other explicit dtype is refused.
+    """
+    key = DTYPE_ALIASES.get(dtype, dtype)
+    if key not in INFERENCE_DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}: choose {', '.join(INFERENCE_DTYPES)}")
+    if quantize == "int8":
+        if key not in ("auto", "bfloat16"):
+            raise ConfigError(f"--quantize int8 computes in bfloat16: use --dtype auto or bfloat16, not {dtype}")
+        if not bf16_supported(device):
+            raise ConfigError(
+                f"--quantize int8 computes in bfloat16, which this {device.type} device lacks: drop --quantize"
+            )
+        return torch.bfloat16
+    if key == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return torch.float32
+    chosen = DTYPES[key]
+    if chosen == torch.bfloat16 and not bf16_supported(device):
+        raise ConfigError(f"bfloat16 is not supported on this {device.type} device: use --dtype float16 or float32")
+    return chosen
 
 
 def select_precision(device: str = "auto", amp: bool = False, dtype: str | None = None) -> Precision:

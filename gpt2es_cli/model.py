@@ -142,8 +142,12 @@ class GPT2(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits for every position of idx (B, T). With a cache, idx continues the cached tokens."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits for every position of idx (B, T). With a cache, idx continues the cached tokens.
+
+        `last_only` returns the logits of the last position only (B, 1, vocab_size): generation
+        needs no others, and it spares the output head (the largest matrix) for the prompt.
+        """
         B, T = idx.size()
         past = cache.length if cache is not None else 0
         if past + T > self.config.n_positions:
@@ -156,8 +160,10 @@ class GPT2(nn.Module):
             x = block(x, cache, i)
         if cache is not None:
             cache.length += T
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
         x = self.ln_f(x)
-        return self.lm_head(x)  # (B, T, vocab_size)
+        return self.lm_head(x)  # (B, T, vocab_size), or (B, 1, vocab_size) with last_only
 
     def new_cache(self, batch_size: int) -> KVCache:
         """An empty KV cache for `batch_size` sequences (it takes the device of the keys)."""

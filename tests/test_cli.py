@@ -45,6 +45,24 @@ def test_sample_json_is_reproducible(tiny_checkpoint):
     assert {s["finish_reason"] for s in data["samples"]} == {"length"}
 
 
+def test_sample_dtype_and_quantize(tiny_checkpoint):
+    base = ("sample", tiny_checkpoint, "--json", "--max-new-tokens", "10", "--temperature", "0", "--ignore-eos")
+    fp32 = ("--dtype", "float32")
+    variants = (fp32, (*fp32, "--no-cache"), ("--dtype", "bf16"), ("--quantize", "int8"))
+    runs = {args: invoke(*base, *args) for args in variants}
+    for args, r in runs.items():
+        assert r.exit_code == 0, (args, r.output)
+    data = {args: json.loads(r.stdout) for args, r in runs.items()}
+    assert data[fp32]["precision"] == "float32"
+    assert data[("--dtype", "bf16")]["precision"] == "bfloat16"
+    assert data[("--quantize", "int8")]["precision"] == "bfloat16 int8"
+    assert {d["samples"][0]["tokens"] for d in data.values()} == {10}
+    # fp32 greedy is exact: the KV cache changes nothing.
+    assert data[fp32]["samples"] == data[(*fp32, "--no-cache")]["samples"]
+    r = invoke("sample", tiny_checkpoint, "--max-new-tokens", "4", "--quantize", "int8")
+    assert r.exit_code == 0 and "tokens/s, bfloat16 int8)" in r.stdout
+
+
 def test_sample_prompt_file_and_long_prompt_warning(tmp_path, tiny_checkpoint):
     f = tmp_path / "prompt.txt"
     f.write_text("Había una vez " * 40, encoding="utf-8")
@@ -63,6 +81,9 @@ def test_sample_bad_input_is_one_line(tmp_path, tiny_checkpoint):
         (("sample", tiny_checkpoint, "--temperature", "-1"), "temperature must be >= 0"),
         (("sample", tiny_checkpoint, "--top-p", "1.5"), "top-p must be in (0, 1]"),
         (("sample", tiny_checkpoint, "--device", "tpu"), "unknown device"),
+        (("sample", tiny_checkpoint, "--dtype", "float64"), "unknown dtype 'float64'"),
+        (("sample", tiny_checkpoint, "--quantize", "int4"), "unknown quantization 'int4'"),
+        (("sample", tiny_checkpoint, "--quantize", "int8", "--dtype", "float32"), "int8 computes in bfloat16"),
     ]
     for args, message in cases:
         r = invoke(*args)

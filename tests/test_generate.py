@@ -3,7 +3,7 @@ import torch
 
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.errors import GenerationError
-from gpt2es_cli.generate import Generation, GenerationConfig, generate, process_logits
+from gpt2es_cli.generate import Generation, GenerationConfig, generate, next_tokens
 from gpt2es_cli.model import GPT2
 
 GREEDY = GenerationConfig(temperature=0, stop_at_eos=False, max_new_tokens=40)
@@ -47,22 +47,58 @@ def test_top_k_1_and_tiny_top_p_are_greedy(model):
         assert generate(model, [7, 8], cfg, eos_id=0) == greedy
 
 
-def test_process_logits():
-    logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
+def test_last_only_logits_equal_the_last_position(model):
+    idx = torch.tensor([[5, 17, 42, 8, 99, 3]])
+    with torch.no_grad():
+        full = model(idx)
+        last = model(idx, last_only=True)
+        cache = model.new_cache(1)
+        cached = model(idx, cache, last_only=True)
+    assert last.shape == (1, 1, 300) and cache.length == 6
+    torch.testing.assert_close(last, full[:, -1:])
+    torch.testing.assert_close(cached, full[:, -1:])
+
+
+LOGITS = torch.tensor([[2.0, -2.0, 1.0, 0.5]])  # softmax: [.62, .01, .23, .14]
+
+
+def draws(config: GenerationConfig, n: int = 400) -> set[int]:
+    """The set of tokens drawn from LOGITS in n independent rows."""
+    generator = torch.Generator().manual_seed(0)
+    return set(next_tokens(LOGITS.expand(n, 4), config, generator).tolist())
+
+
+def test_next_tokens_greedy_and_repetition_penalty():
+    assert next_tokens(LOGITS, GenerationConfig(temperature=0)).tolist() == [0]
     seen = torch.tensor([[True, True, False, False]])
-    cfg = GenerationConfig(temperature=0, repetition_penalty=2.0)
-    torch.testing.assert_close(process_logits(logits, cfg, seen), torch.tensor([[1.0, -4.0, 1.0, 0.5]]))
-    top2 = process_logits(logits, GenerationConfig(temperature=1.0, top_k=2, top_p=None))
-    assert torch.isinf(top2[0, [1, 3]]).all() and torch.isfinite(top2[0, [0, 2]]).all()
-    # softmax of [2, 1, .5, -2] gives the top token 0.62: p=0.65 needs the second one too, not the third.
-    nucleus = process_logits(logits, GenerationConfig(temperature=1.0, top_k=0, top_p=0.65))
-    assert torch.isfinite(nucleus[0, [0, 2]]).all() and torch.isinf(nucleus[0, [1, 3]]).all()
+    # Penalty 4: 2 -> 0.5 and -2 -> -8, so token 2 (logit 1) becomes the most likely.
+    assert next_tokens(LOGITS, GenerationConfig(temperature=0, repetition_penalty=4.0), seen=seen).tolist() == [2]
+    assert next_tokens(LOGITS.bfloat16(), GenerationConfig(temperature=0)).dtype == torch.long
+
+
+def test_next_tokens_top_k_and_top_p_limit_the_draws():
+    assert draws(GenerationConfig(temperature=1.0, top_k=0, top_p=None)) == {0, 1, 2, 3}
+    assert draws(GenerationConfig(temperature=1.0, top_k=2, top_p=None)) == {0, 2}
+    # The top token has 0.62: p=0.65 needs the second one too, not the third.
+    assert draws(GenerationConfig(temperature=1.0, top_k=0, top_p=0.65)) == {0, 2}
+    assert draws(GenerationConfig(temperature=1.0, top_k=3, top_p=0.65)) == {0, 2}
+    assert draws(GenerationConfig(temperature=1.0, top_k=3, top_p=0.99)) == {0, 2, 3}
+    # A tiny temperature makes sampling greedy.
+    assert draws(GenerationConfig(temperature=1e-3, top_k=0, top_p=None)) == {0}
+
+
+def test_next_tokens_sample_in_proportion():
+    generator = torch.Generator().manual_seed(0)
+    cfg = GenerationConfig(temperature=1.0, top_k=2, top_p=None)
+    picks = next_tokens(LOGITS.expand(4000, 4), cfg, generator)
+    # Renormalised over {0, 2}: p(0) = e^2 / (e^2 + e^1) = 0.731; 4000 draws: std 0.007.
+    assert abs((picks == 0).float().mean().item() - 0.731) < 0.03
 
 
 class ScriptedModel(GPT2):
     """Emits token 9 twice, then <|endoftext|> (id 0) for sample 0, and keeps going for sample 1."""
 
-    def forward(self, idx, cache=None):
+    def forward(self, idx, cache=None, last_only=False):
         B, T = idx.shape
         if cache is not None:
             cache.length += T
