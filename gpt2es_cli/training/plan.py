@@ -1,0 +1,255 @@
+"""Everything decided before the first step: settings resolved, inputs checked, nothing written.
+
+`plan_run` validates the dataset, model, batch and budget against each other and against the
+run directory, and returns a `RunPlan`; any problem raises one of our errors before a file is
+touched. `resume_config` rebuilds a run's settings from its checkpoint for `--resume`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint
+from gpt2es_cli.config import ModelConfig, TrainConfig
+from gpt2es_cli.data.dataset import PreparedDataset
+from gpt2es_cli.errors import CheckpointError, ConfigError, DataError
+from gpt2es_cli.tokenizer import Tokenizer
+from gpt2es_cli.training.optim import default_warmup
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "best.pth", "loss.png")
+FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "init_from", "seq_len", "seed")
+"""Settings a resumed run must keep: the architecture, the data windows and their order."""
+
+
+@dataclass
+class RunPlan:
+    """A training run, fully resolved and checked."""
+
+    config: TrainConfig
+    """The settings with every default filled in (out, seq_len, global_batch, min_lr, warmup)."""
+    model_config: ModelConfig
+    dataset: PreparedDataset
+    tokenizer: Tokenizer
+    run_dir: Path
+    total_steps: int
+    """The step budget the schedule follows."""
+    budget: str
+    """Which setting sets total_steps: max_steps, max_tokens or epochs."""
+    accum_steps: int
+    """Micro-batches per optimizer step in each process."""
+    world_size: int
+    resume: Checkpoint | None = None
+    """The checkpoint to continue from (with its training state)."""
+    continuing: bool = False
+    """The run directory is the resumed checkpoint's own: its files are kept and continued."""
+    init_weights: dict[str, Any] | None = None
+    """Weights to start from (--init-from)."""
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.config.global_batch * self.config.seq_len
+
+
+def run_files(run_dir: Path) -> list[str]:
+    """The run files a directory already holds."""
+    if not run_dir.is_dir():
+        return []
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    return found + sorted(p.name for p in run_dir.glob("step-*.pth"))
+
+
+def default_run_dir(data: str) -> Path:
+    """runs/<name of the dataset directory>."""
+    name = Path(data).resolve().name or "run"
+    return Path("runs") / name
+
+
+def resolve_resume_path(path: str | Path) -> Path:
+    """A run directory means its last.pth; a file means itself."""
+    path = Path(path)
+    if path.is_dir():
+        last = path / "last.pth"
+        if not last.is_file():
+            raise CheckpointError(f"{path} holds no last.pth to resume: pass a run directory or a checkpoint file")
+        return last
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass a run directory or a checkpoint file")
+    return path
+
+
+def load_resume_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint `--resume` names, checked to carry a training state."""
+    ckpt = load_checkpoint(resolve_resume_path(path))
+    training = ckpt.training
+    if not isinstance(training, dict) or "optimizer" not in training or "config" not in training:
+        raise CheckpointError(
+            f"{ckpt.path} holds weights but no training state (best.pth and exported models do not): "
+            f"resume from the run's last.pth, or start a new run from it with --init-from {ckpt.path}"
+        )
+    return ckpt
+
+
+def resume_config(checkpoint: Checkpoint, explicit: dict[str, Any]) -> TrainConfig:
+    """The settings of the run `checkpoint` belongs to, updated with the ones given now.
+
+    Budgets, intervals, learning rate, device and precision may change; the architecture, the
+    window length and the seed may not (they define the model and the data order).
+    """
+    saved = TrainConfig.from_dict(checkpoint.training["config"], source=f"{checkpoint.path}")
+    given = {k.replace("-", "_"): v for k, v in explicit.items()}
+    changed = [k for k in FIXED_ON_RESUME if k in given and given[k] != getattr(saved, k)]
+    if changed:
+        was = ", ".join(f"{k}={getattr(saved, k)!r}" for k in changed)
+        raise ConfigError(
+            f"cannot change {', '.join(changed)} when resuming {checkpoint.path} (the run has {was}): "
+            f"drop those options, or start a new run from it with --init-from {checkpoint.path}"
+        )
+    if "out" not in given:
+        given["out"] = str(checkpoint.path.parent)
+    return saved.updated(given, source="resume")
+
+
+def _architecture(model: ModelConfig) -> str:
+    return ", ".join(f"{k}={getattr(model, k)}" for k in ("n_layer", "n_head", "n_embd", "n_positions"))
+
+
+def _tokenizers_match(a: Tokenizer, b: Tokenizer) -> bool:
+    return a.backend.get_vocab(with_added_tokens=True) == b.backend.get_vocab(with_added_tokens=True)
+
+
+def _model_config(config: TrainConfig, dataset: PreparedDataset, tokenizer: Tokenizer,
+                  resume: Checkpoint | None) -> tuple[ModelConfig, dict[str, Any] | None]:
+    overrides = config.model_overrides()
+    dropout = overrides.pop("dropout", None)
+    if resume is not None:
+        model = resume.model_config
+        if config.init_from:
+            wanted = replace(model, **overrides)
+        else:
+            wanted = ModelConfig.from_preset(config.preset, vocab_size=model.vocab_size, **overrides)
+        if _architecture(wanted) != _architecture(model):
+            raise CheckpointError(
+                f"cannot resume {resume.path}: its model has {_architecture(model)} but this run asks for "
+                f"{_architecture(wanted)}; resume with the run's settings or start a new run with --init-from"
+            )
+        return (replace(model, dropout=dropout) if dropout is not None else model), None
+    if config.init_from:
+        if overrides:
+            raise ConfigError(
+                f"--{next(iter(overrides)).replace('_', '-')} cannot change the architecture of the "
+                f"--init-from model {config.init_from}: drop it (only --dropout may change)"
+            )
+        init = load_checkpoint(config.init_from)
+        model = init.model_config
+        if init.tokenizer_json is not None:
+            init_tokenizer = init.tokenizer()
+            if not _tokenizers_match(init_tokenizer, tokenizer):
+                raise DataError(
+                    f"{config.data} was tokenized with another tokenizer ({tokenizer.vocab_size} ids) than the "
+                    f"--init-from model {config.init_from} ({init_tokenizer.vocab_size} ids): prepare the data "
+                    "again with that model's tokenizer (gpt2es prepare --tokenizer)"
+                )
+        elif model.vocab_size < dataset.vocab_size:
+            raise DataError(
+                f"{config.data} has {dataset.vocab_size} token ids but the --init-from model "
+                f"{config.init_from} has only {model.vocab_size}: prepare the data with the model's tokenizer"
+            )
+        if dropout is not None:
+            model = replace(model, dropout=dropout)
+        return model, init.model_state
+    return ModelConfig.from_preset(config.preset, vocab_size=dataset.vocab_size, dropout=dropout, **overrides), None
+
+
+def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None = None,
+             force: bool = False) -> RunPlan:
+    """Resolve and check a run without writing anything (raises on the first blocking problem)."""
+    config.validate()
+    dataset = PreparedDataset.open(config.data)
+    tokenizer = dataset.tokenizer()
+    model_config, init_weights = _model_config(config, dataset, tokenizer, resume)
+    if resume is not None:
+        trained_on = (resume.training.get("dataset") or {}).get("train_sha256")
+        if trained_on and trained_on != dataset.meta["splits"]["train"]["sha256"]:
+            raise DataError(
+                f"{config.data} is not the dataset {resume.path} was trained on (train.bin differs): "
+                "resume with the run's dataset (--data), or start a new run with --init-from"
+            )
+
+    seq_len = config.seq_len or model_config.n_positions
+    if seq_len > model_config.n_positions:
+        raise ConfigError(
+            f"--seq-len {seq_len} is longer than the model's context of {model_config.n_positions} tokens: "
+            f"use --seq-len {model_config.n_positions} or less"
+        )
+    train_tokens = dataset.num_tokens("train")
+    if train_tokens < seq_len + 1:
+        raise DataError(
+            f"{config.data}/train.bin has {train_tokens} tokens, fewer than one window of --seq-len {seq_len}: "
+            "lower --seq-len or prepare more text"
+        )
+    if config.eval_interval and dataset.num_tokens("val") < seq_len + 1:
+        raise DataError(
+            f"{config.data}/val.bin has {dataset.num_tokens('val')} tokens, fewer than one window of "
+            f"--seq-len {seq_len}: lower --seq-len, prepare a bigger validation split, or pass --eval-interval 0"
+        )
+
+    per_pass = config.batch_size * world_size
+    global_batch = config.global_batch or per_pass
+    if global_batch % per_pass:
+        fit = max(per_pass, round(global_batch / per_pass) * per_pass)
+        raise ConfigError(
+            f"--global-batch {global_batch} is not a multiple of --batch-size {config.batch_size} x "
+            f"{world_size} process(es) = {per_pass}: use --global-batch {fit}"
+        )
+    tokens_per_step = global_batch * seq_len
+    budgets = {}
+    if config.max_steps is not None:
+        budgets["max_steps"] = config.max_steps
+    if config.max_tokens is not None:
+        budgets["max_tokens"] = math.ceil(config.max_tokens / tokens_per_step)
+    if config.epochs is not None or not budgets:
+        budgets["epochs"] = math.ceil((config.epochs or 1.0) * train_tokens / tokens_per_step)
+    budget = min(budgets, key=budgets.get)
+    total_steps = max(1, budgets[budget])
+    warmup = config.warmup_steps if config.warmup_steps is not None else default_warmup(total_steps)
+    min_lr = config.min_lr if config.min_lr is not None else config.lr / 10
+
+    if resume is not None:
+        done = int(resume.training["step"])
+        if done >= total_steps:
+            raise ConfigError(
+                f"{resume.path} already finished its budget ({budget}: {total_steps} steps, it is at step {done}): "
+                "raise --max-steps, --max-tokens or --epochs to train further"
+            )
+
+    run_dir = Path(config.out) if config.out else default_run_dir(config.data)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is a file: choose a directory for the run")
+    existing = run_files(run_dir)
+    continuing = resume is not None and resume.path is not None and resume.path.parent.resolve() == run_dir.resolve()
+    if existing and not continuing and not force:
+        raise ConfigError(
+            f"{run_dir} already holds a run ({', '.join(existing[:3])}): resume it with --resume {run_dir}, "
+            "choose another --out, or pass --force to replace it"
+        )
+
+    resolved = replace(
+        config, out=str(run_dir), seq_len=seq_len, global_batch=global_batch, warmup_steps=warmup, min_lr=min_lr
+    )
+    return RunPlan(
+        config=resolved,
+        model_config=model_config,
+        dataset=dataset,
+        tokenizer=tokenizer,
+        run_dir=run_dir,
+        total_steps=total_steps,
+        budget=budget,
+        accum_steps=global_batch // per_pass,
+        world_size=world_size,
+        resume=resume,
+        continuing=continuing,
+        init_weights=init_weights,
+    )
