@@ -151,6 +151,13 @@ def _clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return clean
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through `write(fileobj)` so that `path` is either the old file or the new
     one, never a partial one: temp file in the same directory, fsync, rename."""
@@ -160,6 +167,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; a checkpoint is not
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -257,6 +265,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     except (KeyError, TypeError, Gpt2esError) as e:
         raise CheckpointError(f"{path} is a damaged gpt2es checkpoint ({e})") from None
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of anything that has one: a tokenizer.json or tokenizer directory, a
+    prepared dataset, a gpt2es checkpoint or run directory, or a Hugging Face directory."""
+    path = Path(path)
+    if path.is_dir() and (path / "meta.json").is_file():
+        from gpt2es_cli.data.dataset import PreparedDataset
+
+        return PreparedDataset.open(path).tokenizer()
+    if path.is_file() and path.suffix == ".json":
+        return Tokenizer.from_path(path)
+    if path.is_dir() and not (path / "config.json").is_file() and (
+        (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()
+    ):
+        return Tokenizer.from_path(path)
+    return load_checkpoint(path).tokenizer()
 
 
 def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:

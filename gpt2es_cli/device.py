@@ -112,7 +112,8 @@ def select_inference_dtype(device: torch.device, dtype: str = "auto", quantize: 
 def select_precision(device: str = "auto", amp: bool = False, dtype: str | None = None) -> Precision:
     """Resolve --device, --amp and --dtype into one Precision.
 
-    --amp picks bf16 where supported, else fp16 (older GPUs, with a GradScaler); --dtype forces
+    --amp picks bf16 where supported, else fp16 (older GPUs, with a GradScaler); on a CPU without
+    native bf16 it stays float32 (emulated bf16 is slower). --dtype forces
     one of float32/bfloat16/float16 (bf16/fp16/fp32 also accepted).
     """
     dev = resolve_device(device)
@@ -128,4 +129,7 @@ def select_precision(device: str = "auto", amp: bool = False, dtype: str | None 
         return Precision(dev, None if chosen == torch.float32 else chosen)
     if not amp:
         return Precision(dev, None)
+    if dev.type == "cpu":
+        # Without native bf16 the CPU emulates it, slower than float32: --amp then stays fp32.
+        return Precision(dev, torch.bfloat16 if cpu_has_native_bf16() else None)
     return Precision(dev, torch.bfloat16 if bf16_supported(dev) else torch.float16)

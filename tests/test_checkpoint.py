@@ -134,3 +134,9 @@ def test_summary(tiny_checkpoint, tiny_model, tiny_tokenizer):
     assert s["tokenizer"]["vocab_size"] == tiny_tokenizer.vocab_size
     assert s["file_bytes"] == tiny_checkpoint.stat().st_size
     assert s["training"] is None
+
+
+def test_files_are_readable_like_any_other(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
+    path = tmp_path / "c.pth"
+    save_model(path, tiny_model, tiny_config, tiny_tokenizer)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~ckpt_mod.current_umask()

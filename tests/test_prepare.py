@@ -328,3 +328,10 @@ def test_sizes_and_default_out():
         ("d/**/*.zst", "d"),
     ):
         assert default_out(dataset) == Path("data") / out
+
+
+def test_checkpoint_tokenizer_is_reused(tmp_path, corpus, tiny_checkpoint, tiny_tokenizer):
+    """Preparing data to fine-tune a checkpoint: --tokenizer takes the checkpoint itself."""
+    path, _ = corpus
+    result = prepare(resolve_source(str(path)), options(tmp_path / "out", tokenizer=str(tiny_checkpoint)))
+    assert PreparedDataset.open(result.path).tokenizer().to_json() == tiny_tokenizer.to_json()

@@ -10,9 +10,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from gpt2es_cli.checkpoint import load_checkpoint
+from gpt2es_cli.checkpoint import load_checkpoint, load_tokenizer
 from gpt2es_cli.cli.app import command, console
-from gpt2es_cli.data.dataset import PreparedDataset
 from gpt2es_cli.tokenizer import Tokenizer
 
 TARGET_HELP = (
@@ -85,19 +84,6 @@ def inspect(
 
 def is_dataset(path: Path) -> bool:
     return path.is_dir() and (path / "meta.json").is_file()
-
-
-def load_tokenizer(target: Path) -> Tokenizer:
-    """The tokenizer of a checkpoint, a dataset directory, or a tokenizer file/directory."""
-    if is_dataset(target):
-        return PreparedDataset.open(target).tokenizer()
-    if target.is_file() and target.suffix == ".json":
-        return Tokenizer.from_path(target)
-    if target.is_dir() and not (target / "config.json").is_file() and (
-        (target / "tokenizer.json").is_file() or (target / "vocab.json").is_file()
-    ):
-        return Tokenizer.from_path(target)
-    return load_checkpoint(target).tokenizer()
 
 
 def tokenize_view(tok: Tokenizer, text: str) -> dict[str, Any]:

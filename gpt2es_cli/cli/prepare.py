@@ -164,8 +164,9 @@ def prepare_command(
     tokenizer: Annotated[
         str,
         typer.Option(
-            help="'train' a byte-level BPE on the train split, 'gpt2' (Hub cache), or a tokenizer.json / a "
-            "directory with tokenizer.json or vocab.json + merges.txt.",
+            help="'train' a byte-level BPE on the train split, 'gpt2' (Hub cache), a tokenizer.json / a "
+            "directory with tokenizer.json or vocab.json + merges.txt, or a checkpoint or dataset whose "
+            "tokenizer to reuse (e.g. to fine-tune that checkpoint with --init-from).",
         ),
     ] = "train",
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size of a trained tokenizer.")] = 32768,

@@ -28,18 +28,13 @@ from typing import Any
 import numpy as np
 
 from gpt2es_cli import __version__
+from gpt2es_cli.checkpoint import current_umask
 from gpt2es_cli.errors import DataError
 from gpt2es_cli.tokenizer import Tokenizer
 
 FORMAT = "gpt2es-dataset"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -117,7 +112,7 @@ class DatasetWriter:
             "splits": self.split_stats(),
             **(meta or {}),
         }
-        os.chmod(self.tmp, 0o755 & ~_umask())  # mkdtemp makes it private; a dataset is not
+        os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a dataset is not
         self.tokenizer.save(self.tmp / "tokenizer.json")
         (self.tmp / "meta.json").write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if self.out_dir.exists():
