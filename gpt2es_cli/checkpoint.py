@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -184,6 +185,24 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             os.close(dir_fd)
     except OSError:
         pass  # not supported on every platform/filesystem
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put directory `new` at `target`, replacing what is there with two renames; if the second
+    fails, the previous directory is put back."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+        os.replace(target, old / target.name)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old is not None:  # put the previous one back
+            os.replace(old / target.name, target)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:

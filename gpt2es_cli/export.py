@@ -13,10 +13,8 @@ projection is tied to the token embedding on both sides, so `lm_head.weight` is 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 import torch
 
 from gpt2es_cli import __version__
-from gpt2es_cli.checkpoint import Checkpoint, _clean_state_dict, _safe_torch_load
+from gpt2es_cli.checkpoint import Checkpoint, _clean_state_dict, _safe_torch_load, replace_dir
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.errors import CheckpointError, ConfigError, Gpt2esError
 from gpt2es_cli.model import GPT2
@@ -311,7 +309,7 @@ def export_hf(
         (tmp / "README.md").write_text(
             _model_card(checkpoint, dtype, num_params, tokenizer), encoding="utf-8"
         )
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -329,23 +327,6 @@ def _check_target(out_dir: Path, force: bool) -> None:
                 f"{out_dir} is not empty and holds no model (no config.json): refusing to replace it "
                 "even with --force; choose another directory"
             )
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put directory `new` at `target`, replacing what is there with two renames."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
-        os.replace(target, old / target.name)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        if old is not None:  # put the previous export back
-            os.replace(old / target.name, target)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

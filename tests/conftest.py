@@ -17,6 +17,7 @@ import torch  # noqa: E402
 
 from gpt2es_cli.checkpoint import save_model  # noqa: E402
 from gpt2es_cli.config import ModelConfig  # noqa: E402
+from gpt2es_cli.data.dataset import DatasetWriter  # noqa: E402
 from gpt2es_cli.model import GPT2  # noqa: E402
 from gpt2es_cli.tokenizer import Tokenizer  # noqa: E402
 
@@ -34,6 +35,17 @@ SPANISH_SENTENCES = [
     "Había una vez una princesa que prefería los libros a las fiestas del castillo.",
     "El campesino sembró trigo en primavera y cosechó en otoño con sus hijos.",
 ]
+
+
+def make_dataset(path, tokenizer, texts, repeats=40, val_repeats=2):
+    """A prepared dataset of `texts` repeated (a few thousand tokens)."""
+    with DatasetWriter(path, tokenizer) as writer:
+        for split, n in (("train", repeats), ("val", val_repeats)):
+            for _ in range(n):
+                for text in texts:
+                    writer.write_document(split, tokenizer.encode(text), len(text.encode()))
+        writer.finish({"source": "test"})
+    return path
 
 
 @pytest.fixture(scope="session")

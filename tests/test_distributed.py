@@ -9,18 +9,8 @@ import pytest
 import torch
 
 from gpt2es_cli.config import TrainConfig
-from gpt2es_cli.data.dataset import DatasetWriter
 from gpt2es_cli.training import train
-
-
-def make_dataset(path, tokenizer, texts, repeats=40, val_repeats=2):
-    with DatasetWriter(path, tokenizer) as writer:
-        for split, n in (("train", repeats), ("val", val_repeats)):
-            for _ in range(n):
-                for text in texts:
-                    writer.write_document(split, tokenizer.encode(text), len(text.encode()))
-        writer.finish({"source": "test"})
-    return path
+from conftest import make_dataset
 
 
 def metrics(run_dir):

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from gpt2es_cli.checkpoint import load_checkpoint, save_model
 from gpt2es_cli.cli import app
 from gpt2es_cli.config import ModelConfig, TrainConfig, load_config_file, parse_duration
-from gpt2es_cli.data.dataset import DatasetWriter
 from gpt2es_cli.errors import ConfigError
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import Tokenizer
@@ -24,6 +23,7 @@ from gpt2es_cli.training import loop as loop_module
 from gpt2es_cli.training import loss as loss_module
 from gpt2es_cli.training.loss import cross_entropy
 from gpt2es_cli.training.optim import learning_rate, parameter_groups
+from conftest import make_dataset
 
 runner = CliRunner()
 
@@ -35,17 +35,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def make_dataset(path, tokenizer, texts, repeats=40, val_repeats=2):
-    """A prepared dataset of `texts` repeated (a few thousand tokens)."""
-    with DatasetWriter(path, tokenizer) as writer:
-        for split, n in (("train", repeats), ("val", val_repeats)):
-            for _ in range(n):
-                for text in texts:
-                    writer.write_document(split, tokenizer.encode(text), len(text.encode()))
-        writer.finish({"source": "test"})
-    return path
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from gpt2es_cli import __version__
-from gpt2es_cli.checkpoint import current_umask
+from gpt2es_cli.checkpoint import current_umask, replace_dir
 from gpt2es_cli.errors import DataError
 from gpt2es_cli.tokenizer import Tokenizer
 
@@ -115,14 +115,7 @@ class DatasetWriter:
         os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a dataset is not
         self.tokenizer.save(self.tmp / "tokenizer.json")
         (self.tmp / "meta.json").write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if self.out_dir.exists():
-            # Move the old one aside first, so a crash between the two renames loses nothing.
-            old = self.out_dir.with_name(f".{self.out_dir.name}.old-{os.getpid()}")
-            os.replace(self.out_dir, old)
-            os.replace(self.tmp, self.out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out_dir)
+        replace_dir(self.tmp, self.out_dir)
         self.done = True
         return full
 
