@@ -19,21 +19,18 @@ export.py) or a run directory (its best.pth, else last.pth).
 
 from __future__ import annotations
 
-import os
 import pickle
-import shutil
-import tempfile
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
 from gpt2es_cli import __version__
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.errors import CheckpointError, Gpt2esError
+from gpt2es_cli.fileio import atomic_write
 from gpt2es_cli.model import GPT2, parameter_groups
 from gpt2es_cli.tokenizer import Tokenizer
 
@@ -150,59 +147,6 @@ def _clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             key = key.split(".", 1)[1]
         clean[key] = value
     return clean
-
-
-def current_umask() -> int:
-    """The process umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file through `write(fileobj)` so that `path` is either the old file or the new
-    one, never a partial one: temp file in the same directory, fsync, rename."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"cannot write {path}: it is a directory; give a file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it private; a checkpoint is not
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # not supported on every platform/filesystem
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Put directory `new` at `target`, replacing what is there with two renames; if the second
-    fails, the previous directory is put back."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
-        os.replace(target, old / target.name)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        if old is not None:  # put the previous one back
-            os.replace(old / target.name, target)
-            shutil.rmtree(old, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from gpt2es_cli import __version__
-from gpt2es_cli.checkpoint import Checkpoint, _clean_state_dict, _safe_torch_load, replace_dir
+from gpt2es_cli.checkpoint import Checkpoint, _clean_state_dict, _safe_torch_load
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.errors import CheckpointError, ConfigError, Gpt2esError
+from gpt2es_cli.fileio import replace_dir
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import EOS_TOKEN, Tokenizer
 

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from gpt2es_cli.data.batches import TokenWindows, WindowSampler, feistel_permute, fixed_windows
+from gpt2es_cli.data.batches import (
+    TokenWindows,
+    WindowSampler,
+    feistel_permute,
+    fixed_windows,
+)
 from gpt2es_cli.errors import DataError
 
 

@@ -13,6 +13,7 @@ from gpt2es_cli.checkpoint import (
     save_model,
 )
 from gpt2es_cli.errors import CheckpointError
+from gpt2es_cli.fileio import current_umask
 
 
 def test_round_trip_with_training_state(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
@@ -139,4 +140,4 @@ def test_summary(tiny_checkpoint, tiny_model, tiny_tokenizer):
 def test_files_are_readable_like_any_other(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
     path = tmp_path / "c.pth"
     save_model(path, tiny_model, tiny_config, tiny_tokenizer)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~ckpt_mod.current_umask()
+    assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask()

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from conftest import make_dataset
 
 from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.training import train
-from conftest import make_dataset
 
 
 def metrics(run_dir):

@@ -8,7 +8,13 @@ import pytest
 import zstandard
 
 from gpt2es_cli.data import sources
-from gpt2es_cli.data.sources import DemoSource, FilesSource, HubSource, SavedDatasetSource, resolve_source
+from gpt2es_cli.data.sources import (
+    DemoSource,
+    FilesSource,
+    HubSource,
+    SavedDatasetSource,
+    resolve_source,
+)
 from gpt2es_cli.errors import ConfigError, DataError
 
 TXT = "Había una vez un niño.\r\nVivía junto al río.\n\n¿Dónde está?\n   \n¡Aquí!\n"

@@ -9,6 +9,7 @@ from io import StringIO
 
 import pytest
 import torch
+from conftest import make_dataset
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -18,12 +19,18 @@ from gpt2es_cli.config import ModelConfig, TrainConfig, load_config_file, parse_
 from gpt2es_cli.errors import ConfigError
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import Tokenizer
-from gpt2es_cli.training import EvalReport, Recovery, StepReport, TrainStart, plan_run, train
+from gpt2es_cli.training import (
+    EvalReport,
+    Recovery,
+    StepReport,
+    TrainStart,
+    plan_run,
+    train,
+)
 from gpt2es_cli.training import loop as loop_module
 from gpt2es_cli.training import loss as loss_module
 from gpt2es_cli.training.loss import cross_entropy
 from gpt2es_cli.training.optim import learning_rate, parameter_groups
-from conftest import make_dataset
 
 runner = CliRunner()
 

@@ -9,7 +9,13 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from gpt2es_cli.checkpoint import load_checkpoint
@@ -17,7 +23,13 @@ from gpt2es_cli.cli.app import command, console, err_console
 from gpt2es_cli.data.dataset import PreparedDataset
 from gpt2es_cli.device import select_precision
 from gpt2es_cli.errors import DataError
-from gpt2es_cli.evaluate import EvalResult, encode_documents, evaluate_ids, read_texts, split_documents
+from gpt2es_cli.evaluate import (
+    EvalResult,
+    encode_documents,
+    evaluate_ids,
+    read_texts,
+    split_documents,
+)
 from gpt2es_cli.tokenizer import Tokenizer
 
 

@@ -22,7 +22,13 @@ from rich.table import Table
 
 from gpt2es_cli.cli.app import command, console, err_console
 from gpt2es_cli.cli.render_data import fertility_table, hygiene_table, splits_table
-from gpt2es_cli.data.prepare import PrepareOptions, PrepareProgress, PrepareResult, prepare, tokenizer_label
+from gpt2es_cli.data.prepare import (
+    PrepareOptions,
+    PrepareProgress,
+    PrepareResult,
+    prepare,
+    tokenizer_label,
+)
 from gpt2es_cli.data.sources import resolve_source
 from gpt2es_cli.errors import ConfigError
 

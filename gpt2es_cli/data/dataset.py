@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from gpt2es_cli import __version__
-from gpt2es_cli.checkpoint import current_umask, replace_dir
 from gpt2es_cli.errors import DataError
+from gpt2es_cli.fileio import current_umask, replace_dir
 from gpt2es_cli.tokenizer import Tokenizer
 
 FORMAT = "gpt2es-dataset"

@@ -31,8 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from gpt2es_cli.data.clean import DigestSet, HygieneCounts, digest, normalize, split_score
-from gpt2es_cli.checkpoint import load_tokenizer
+from gpt2es_cli.data.clean import (
+    DigestSet,
+    HygieneCounts,
+    digest,
+    normalize,
+    split_score,
+)
 from gpt2es_cli.data.dataset import DatasetWriter, token_dtype
 from gpt2es_cli.data.sources import Source
 from gpt2es_cli.errors import ConfigError, DataError, TokenizerError
@@ -257,6 +262,8 @@ def _load_tokenizer(choice: str) -> tuple[Tokenizer | None, dict[str, Any]]:
             f"--tokenizer {choice!r} is neither 'train', 'gpt2' nor an existing tokenizer.json, "
             "tokenizer directory, dataset or checkpoint"
         )
+    from gpt2es_cli.checkpoint import load_tokenizer  # imports torch: only when needed
+
     tok = load_tokenizer(path)  # a checkpoint's too, to prepare data for fine-tuning it
     return tok, {"origin": "file", "path": str(path), "vocab_size": tok.vocab_size}
 

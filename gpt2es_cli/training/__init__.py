@@ -11,7 +11,12 @@ from gpt2es_cli.training.loop import (
     TrainSummary,
     train,
 )
-from gpt2es_cli.training.plan import RunPlan, load_resume_checkpoint, plan_run, resume_config
+from gpt2es_cli.training.plan import (
+    RunPlan,
+    load_resume_checkpoint,
+    plan_run,
+    resume_config,
+)
 
 __all__ = [
     "EvalReport",

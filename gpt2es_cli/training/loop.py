@@ -26,14 +26,19 @@ from typing import Any
 import torch
 import yaml
 
-from gpt2es_cli.checkpoint import Checkpoint, atomic_write, save_model
+from gpt2es_cli.checkpoint import Checkpoint, save_model
 from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.data.batches import TokenWindows, WindowSampler, fixed_windows
 from gpt2es_cli.device import Precision, select_precision
 from gpt2es_cli.errors import ConfigError
+from gpt2es_cli.fileio import atomic_write
 from gpt2es_cli.generate import Generation, GenerationConfig
 from gpt2es_cli.model import GPT2
-from gpt2es_cli.training.distributed import DistContext, init_distributed, shutdown_distributed
+from gpt2es_cli.training.distributed import (
+    DistContext,
+    init_distributed,
+    shutdown_distributed,
+)
 from gpt2es_cli.training.loss import cross_entropy
 from gpt2es_cli.training.metrics import MetricsLog, plot_loss_curve
 from gpt2es_cli.training.optim import build_optimizer, learning_rate

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gpt2es_cli.checkpoint import atomic_write
+from gpt2es_cli.fileio import atomic_write
 
 
 def _finite_or_none(value: Any) -> Any:
