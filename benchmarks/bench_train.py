@@ -151,11 +151,13 @@ def bench_rss(args: argparse.Namespace) -> None:
             data = Path(tmp) / f"data-{tokens}"
             _write_random_dataset(data, tokens)
             code = (
-                "import resource, sys; from gpt2es_cli.cli import app; "
+                "import sys; from gpt2es_cli.cli import app; "
                 "sys.argv = ['gpt2es', 'train', '-d', sys.argv[1], '-o', sys.argv[2], '-p', 'tiny', "
                 "'--max-steps', '20', '--eval-interval', '10', '--device', 'cpu']\n"
                 "try:\n    app()\nexcept SystemExit:\n    pass\n"
-                "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+                # VmHWM is this address space's peak; ru_maxrss would also count the memory
+                # this (big) parent had when it forked the child, which exec does not reset.
+                "print('RSS', next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
             )
             out = subprocess.run([sys.executable, "-c", code, str(data), str(Path(tmp) / f"run-{tokens}")],
                                  capture_output=True, text=True, check=True)
