@@ -26,3 +26,14 @@ class DataError(Gpt2esError):
 
 class GenerationError(Gpt2esError):
     """Generation settings or a prompt that cannot be used."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name when it has none), at most `limit` characters.
+
+    Library code wraps foreign exceptions (torch, yaml, json, datasets) in ours with this, so a
+    message stays one line whatever the original said.
+    """
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"

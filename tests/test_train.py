@@ -372,7 +372,7 @@ def test_resume_from_a_checkpoint_of_another_architecture_is_refused(dataset, tm
 
 
 def test_live_display_renders_on_a_terminal(monkeypatch):
-    from gpt2es_cli.cli import train as train_cli
+    from gpt2es_cli.cli import train_display as train_cli
 
     out = StringIO()
     monkeypatch.setattr(train_cli, "console", Console(file=out, force_terminal=True, width=120))
