@@ -15,6 +15,26 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
+def parse_dtype(name: str, option: str = "--dtype") -> torch.dtype:
+    """float32 / bfloat16 / float16 (or fp32 / bf16 / fp16) -> the torch dtype; one-line error otherwise."""
+    key = DTYPE_ALIASES.get(name, name)
+    if key not in DTYPES:
+        raise ConfigError(f"unknown {option} {name!r}: choose float32, bfloat16 or float16 (fp32, bf16, fp16)")
+    return DTYPES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> 'bfloat16'."""
+    return str(dtype).removeprefix("torch.")
+
+
+def configure_backends(device: torch.device) -> None:
+    """Fast matmul settings for training on `device`: TF32 tensor cores on CUDA (Ampere+)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 @dataclass(frozen=True)
 class Precision:
     """Where to run and how: parameters stay fp32; `autocast_dtype` is used inside autocast."""
@@ -118,10 +138,7 @@ def select_precision(device: str = "auto", amp: bool = False, dtype: str | None 
     """
     dev = resolve_device(device)
     if dtype is not None:
-        key = DTYPE_ALIASES.get(dtype, dtype)
-        if key not in DTYPES:
-            raise ConfigError(f"unknown dtype {dtype!r}: choose float32, bfloat16 or float16")
-        chosen = DTYPES[key]
+        chosen = parse_dtype(dtype)
         if chosen == torch.bfloat16 and not bf16_supported(dev):
             raise ConfigError(f"bfloat16 is not supported on this {dev.type} device: use --dtype float16")
         if chosen == torch.float16 and dev.type == "cpu":
