@@ -19,7 +19,7 @@ def parse_dtype(name: str, option: str = "--dtype") -> torch.dtype:
     """float32 / bfloat16 / float16 (or fp32 / bf16 / fp16) -> the torch dtype; one-line error otherwise."""
     key = DTYPE_ALIASES.get(name, name)
     if key not in DTYPES:
-        raise ConfigError(f"unknown {option} {name!r}: choose float32, bfloat16 or float16 (fp32, bf16, fp16)")
+        raise ConfigError(f"unknown dtype {name!r} for {option}: choose float32, bfloat16 or float16 (fp32, bf16, fp16)")
     return DTYPES[key]
 
 
