@@ -42,7 +42,8 @@ def corpus_files(n: int | None) -> list[Path]:
 
 
 def run_prepare(files: list[Path], out: Path, num_proc: int, copies: int) -> dict:
-    from gpt2es_cli.data.prepare import PrepareOptions, prepare
+    from gpt2es_cli.config import PrepareConfig
+    from gpt2es_cli.data.prepare import prepare
     from gpt2es_cli.data.sources import FilesSource, Source
 
     class Copies(Source):
@@ -66,7 +67,7 @@ def run_prepare(files: list[Path], out: Path, num_proc: int, copies: int) -> dic
 
     sampler = WorkerPeak()
     started = time.perf_counter()
-    result = prepare(Copies(), PrepareOptions(out=out, tokenizer=str(GPT2), num_proc=num_proc, force=True))
+    result = prepare(Copies(), PrepareConfig(out=out, tokenizer=str(GPT2), num_proc=num_proc, force=True))
     seconds = time.perf_counter() - started
     sampler.stop()
     return {

@@ -1,13 +1,17 @@
-"""Configuration: ModelConfig (architecture) with named presets, TrainConfig (training), validation."""
+"""The settings dataclasses: ModelConfig (architecture) with named presets, TrainConfig (`train`),
+PrepareConfig (`prepare`). Each setting is declared once, as a field (see settings.py)."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from gpt2es_cli.demo import DEFAULT_MAX_BYTES as DEMO_BYTES
 from gpt2es_cli.errors import ConfigError
+from gpt2es_cli.settings import build, field_problems, parse_duration, parse_size, setting
 
 ACTIVATIONS = ("gelu", "gelu_new")
 
@@ -16,30 +20,26 @@ ACTIVATIONS = ("gelu", "gelu_new")
 class ModelConfig:
     """Architecture of a decoder-only GPT-2."""
 
-    vocab_size: int = 50257
+    vocab_size: int = setting(50257, ge=1, le=2**32)
     """Number of token ids the embedding and output projection cover."""
-    n_positions: int = 1024
+    n_positions: int = setting(1024, ge=1, le=1 << 20)
     """Context length: the most tokens the model attends over (learned positions)."""
-    n_layer: int = 12
+    n_layer: int = setting(12, ge=1, le=1024)
     """Number of transformer blocks."""
-    n_head: int = 12
+    n_head: int = setting(12, ge=1, le=1024)
     """Attention heads per block; must divide n_embd."""
-    n_embd: int = 768
+    n_embd: int = setting(768, ge=1, le=1 << 16)
     """Width of the residual stream."""
-    dropout: float = 0.0
+    dropout: float = setting(0.0, ge=0, lt=1)
     """Dropout on embeddings, attention weights and residual branches (0 disables)."""
-    activation: str = "gelu_new"
+    activation: str = setting("gelu_new", choices=ACTIVATIONS)
     """Feed-forward activation: 'gelu' (exact) or 'gelu_new' (tanh approximation, OpenAI GPT-2)."""
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = setting(1e-5, gt=0, le=1)
     """Epsilon of every LayerNorm."""
 
     def problems(self) -> list[str]:
         """Every problem with this config, in words a user can act on (empty when valid)."""
-        found = []
-        for name in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                found.append(f"{name} must be a positive integer (got {value!r})")
+        found = field_problems(self, label=lambda f: f.name)  # not options: named as in config.json
         if (
             isinstance(self.n_embd, int)
             and isinstance(self.n_head, int)
@@ -48,12 +48,6 @@ class ModelConfig:
             and self.n_embd % self.n_head
         ):
             found.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            found.append(f"dropout must be in [0, 1) (got {self.dropout!r})")
-        if self.activation not in ACTIVATIONS:
-            found.append(f"activation must be one of {', '.join(ACTIVATIONS)} (got {self.activation!r})")
-        if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
-            found.append(f"layer_norm_eps must be positive (got {self.layer_norm_eps!r})")
         return found
 
     def validate(self) -> ModelConfig:
@@ -111,185 +105,124 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd")
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_positions", "dropout")
 """TrainConfig fields that override the preset's ModelConfig."""
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-
-
-def parse_duration(value: str | int | float) -> float:
-    """Seconds from a number (seconds) or a string like '90s', '30m', '1.5h', '2d', '1h30m'."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip().lower().replace(" ", "")
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if not text or not re.fullmatch(r"(?:\d+(?:\.\d+)?[smhd])+", text):
-        raise ConfigError(f"invalid duration {value!r}: use seconds or e.g. 90s, 30m, 1.5h, 1h30m")
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(text))
+# The --help sections of `gpt2es train`.
+DATA, MODEL, BUDGET, OPTIM, DEVICE, WATCH = (
+    "Data and run", "Model", "Budget", "Optimizer", "Device and precision", "Evaluation, logs, checkpoints",
+)
+_BIG = 10**12
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything `gpt2es train` needs; the CLI flags and a --config file set these fields."""
+    """Everything `gpt2es train` needs. Each field is one setting: the CLI option, its --help,
+    the --config file key and the check all come from its declaration (see settings.py)."""
 
-    data: str = "data/demo"
+    data: str = setting("data/demo", short="-d", panel=DATA)
     """Prepared dataset directory (from `gpt2es prepare`)."""
-    out: str | None = None
-    """Run directory; default runs/<name of the data directory>."""
-    preset: str = "small"
-    """Model preset (see PRESETS); ignored with init_from."""
-    n_layer: int | None = None
+    out: str | None = setting(None, short="-o", panel=DATA, default_text="runs/<dataset name>")
+    """Run directory for checkpoints and metrics."""
+    seq_len: int | None = setting(None, ge=1, le=1 << 20, panel=DATA, default_text="the model's context")
+    """Tokens per training window."""
+    batch_size: int = setting(8, ge=1, le=1 << 16, short="-b", panel=DATA)
+    """Windows per forward pass in each process (micro-batch)."""
+    global_batch: int | None = setting(None, ge=1, le=1 << 24, panel=DATA, default_text="--batch-size x processes")
+    """Windows per optimizer step over all processes; gradient accumulation makes up the difference."""
+    seed: int = setting(1337, ge=0, le=2**63 - 1, panel=DATA)
+    """Seed of the initial weights, the data order and dropout."""
+    preset: str = setting("small", choices=tuple(PRESETS), short="-p", panel=MODEL)
+    """Model preset; ignored with --init-from."""
+    n_layer: int | None = setting(None, ge=1, le=1024, panel=MODEL)
     """Override the preset's number of blocks."""
-    n_head: int | None = None
+    n_head: int | None = setting(None, ge=1, le=1024, panel=MODEL)
     """Override the preset's attention heads."""
-    n_embd: int | None = None
+    n_embd: int | None = setting(None, ge=1, le=1 << 16, panel=MODEL)
     """Override the preset's width."""
-    n_positions: int | None = None
+    n_positions: int | None = setting(None, ge=1, le=1 << 20, panel=MODEL)
     """Override the preset's context length."""
-    dropout: float | None = None
-    """Override the preset's dropout (also allowed with init_from)."""
-    init_from: str | None = None
-    """Start from this checkpoint, run directory or Hugging Face GPT-2 directory."""
-    seq_len: int | None = None
-    """Tokens per training window; default the model's context."""
-    batch_size: int = 8
-    """Windows per forward pass, per process (micro-batch)."""
-    global_batch: int | None = None
-    """Windows per optimizer step over all processes (gradient accumulation fills the gap);
-    default batch_size x processes."""
-    max_steps: int | None = None
+    dropout: float | None = setting(None, ge=0, lt=1, panel=MODEL)
+    """Override the preset's dropout (also allowed with --init-from)."""
+    init_from: str | None = setting(None, panel=MODEL)
+    """Start from a checkpoint, run directory or Hugging Face GPT-2 directory (fine-tuning)."""
+    max_steps: int | None = setting(None, ge=1, le=_BIG, panel=BUDGET)
     """Stop after this many optimizer steps."""
-    max_tokens: int | None = None
+    max_tokens: int | None = setting(None, ge=1, le=10**18, panel=BUDGET)
     """Stop after this many training tokens."""
-    epochs: float | None = None
-    """Stop after this many passes over train.bin (default 1 when no other step budget is set)."""
-    max_time: float | None = None
-    """Stop after this many seconds of training in this invocation (the schedule still follows
-    the step budget)."""
-    lr: float = 6e-4
+    epochs: float | None = setting(None, gt=0, le=1e6, panel=BUDGET, default_text="1 when no other step budget is set")
+    """Stop after this many passes over train.bin."""
+    max_time: float | None = setting(
+        None, gt=0, le=366 * 86400, parse=parse_duration, metavar="DURATION", panel=BUDGET
+    )
+    """Stop after this long in this invocation, e.g. 90s, 30m, 2h (the schedule still follows the step budget)."""
+    lr: float = setting(6e-4, gt=0, le=10, panel=OPTIM)
     """Peak learning rate."""
-    min_lr: float | None = None
-    """Learning-rate floor at the end of the decay; default lr / 10."""
-    schedule: str = "cosine"
-    """cosine, linear, constant or wsd (warmup-stable-decay); all after a linear warmup."""
-    warmup_steps: int | None = None
-    """Linear warmup steps; default 5% of the steps (at most 1000)."""
-    decay_fraction: float = 0.2
-    """wsd: the last fraction of the steps that decays to min_lr."""
-    weight_decay: float = 0.1
-    """AdamW weight decay, applied to matrices (weights, embeddings) only."""
-    beta1: float = 0.9
+    min_lr: float | None = setting(None, ge=0, le=10, panel=OPTIM, default_text="lr / 10")
+    """Learning-rate floor at the end of the decay."""
+    schedule: str = setting("cosine", choices=SCHEDULES, panel=OPTIM)
+    """Learning-rate schedule after a linear warmup (wsd: warmup-stable-decay)."""
+    warmup_steps: int | None = setting(None, ge=0, le=_BIG, panel=OPTIM, default_text="5% of the steps, at most 1000")
+    """Linear warmup steps."""
+    decay_fraction: float = setting(0.2, gt=0, le=1, panel=OPTIM)
+    """wsd: the final fraction of the steps that decays to --min-lr."""
+    weight_decay: float = setting(0.1, ge=0, le=10, panel=OPTIM)
+    """AdamW weight decay, on matrices (weights, embeddings) only."""
+    beta1: float = setting(0.9, ge=0, lt=1, panel=OPTIM)
     """AdamW's first-moment decay."""
-    beta2: float = 0.95
+    beta2: float = setting(0.95, ge=0, lt=1, panel=OPTIM)
     """AdamW's second-moment decay."""
-    grad_clip: float = 1.0
-    """Clip the gradient norm to this (0 disables)."""
-    device: str = "auto"
+    grad_clip: float = setting(1.0, ge=0, le=1e6, panel=OPTIM)
+    """Clip the gradient norm to this; 0 disables clipping."""
+    nan_retries: int = setting(3, ge=0, le=1000, panel=OPTIM)
+    """Rollbacks to the last good state allowed after a non-finite loss before stopping."""
+    device: str = setting("auto", panel=DEVICE)
     """auto, cpu, cuda, cuda:N or mps."""
-    amp: bool = False
-    """Mixed precision: bf16 where supported, else fp16 with loss scaling."""
-    dtype: str | None = None
-    """Force the autocast dtype: float32, bfloat16 or float16."""
-    compile: bool = False
-    """torch.compile the model."""
-    seed: int = 1337
-    """Seed for the initial weights, the data order and dropout."""
-    log_interval: int = 10
-    """Report training progress every this many steps."""
-    eval_interval: int = 200
-    """Validation loss and a sample every this many steps, and at the end (0 disables)."""
-    eval_batches: int = 20
+    amp: bool = setting(False, panel=DEVICE)
+    """Mixed precision: bf16 where supported (CPUs with native bf16, Ampere+ GPUs), else fp16 with loss scaling."""
+    dtype: str | None = setting(None, panel=DEVICE)
+    """Force the compute dtype: float32, bfloat16 or float16 (fp32, bf16, fp16)."""
+    compile: bool = setting(False, panel=DEVICE)
+    """torch.compile the model (slower to start, faster steps)."""
+    peak_tflops: float | None = setting(None, gt=0, le=1e6, panel=DEVICE, default_text="known GPUs only")
+    """Peak TFLOP/s of one device, for MFU."""
+    log_interval: int = setting(10, ge=1, le=_BIG, panel=WATCH)
+    """Report training progress every N steps."""
+    eval_interval: int = setting(200, ge=0, le=_BIG, panel=WATCH)
+    """Validation loss and a sample every N steps and at the end; 0 disables."""
+    eval_batches: int = setting(20, ge=1, le=1 << 20, panel=WATCH)
     """Fixed validation batches per evaluation."""
-    sample_prompt: str = "Había una vez"
+    sample_prompt: str = setting("Había una vez", panel=WATCH)
     """Prompt of the sample shown at each evaluation."""
-    sample_tokens: int = 40
-    """New tokens in that sample (0 disables it)."""
-    save_interval: int = 500
-    """Write last.pth every this many steps (and always at the end)."""
-    keep_last: int = 0
-    """Also keep the newest N numbered checkpoints step-NNNNNNN.pth (0: none)."""
-    nan_retries: int = 3
-    """How many times a non-finite loss may roll back to the last good state before stopping."""
-    peak_tflops: float | None = None
-    """Peak TFLOP/s of one device for MFU; default a table of known GPUs."""
+    sample_tokens: int = setting(40, ge=0, le=1 << 16, panel=WATCH)
+    """New tokens in that sample; 0 disables it."""
+    save_interval: int = setting(500, ge=0, le=_BIG, panel=WATCH)
+    """Write last.pth every N steps (and always at the end); 0: only at the end."""
+    keep_last: int = setting(0, ge=0, le=1 << 20, panel=WATCH)
+    """Also keep the newest N numbered checkpoints step-NNNNNNN.pth; 0: none."""
 
-    def problems(self) -> list[str]:
-        """Every problem with these settings, in words a user can act on."""
-        found = []
-        if isinstance(self.preset, str) and self.preset not in PRESETS:
-            found.append(f"preset must be one of {', '.join(PRESETS)} (got {self.preset!r})")
-        positive_ints = ("batch_size", "log_interval", "eval_batches")
-        optional_positive_ints = (
-            "n_layer", "n_head", "n_embd", "n_positions", "seq_len", "global_batch", "max_steps", "max_tokens",
-        )
-        non_negative_ints = ("eval_interval", "save_interval", "keep_last", "nan_retries", "sample_tokens")
-        for name in positive_ints + optional_positive_ints + non_negative_ints:
-            value = getattr(self, name)
-            if value is None and name in optional_positive_ints:
-                continue
-            low = 0 if name in non_negative_ints else 1
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                kind = "a non-negative" if low == 0 else "a positive"
-                found.append(f"{name} must be {kind} integer (got {value!r})")
-        if self.warmup_steps is not None and (
-            not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0
-        ):
-            found.append(f"warmup_steps must be a non-negative integer (got {self.warmup_steps!r})")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            found.append(f"seed must be a non-negative integer (got {self.seed!r})")
-        for name in ("epochs", "max_time", "peak_tflops"):
-            value = getattr(self, name)
-            if value is not None and (not _is_number(value) or value <= 0):
-                found.append(f"{name} must be positive (got {value!r})")
-        if not _is_number(self.lr) or self.lr <= 0:
-            found.append(f"lr must be positive (got {self.lr!r})")
-        if self.min_lr is not None and (not _is_number(self.min_lr) or self.min_lr < 0):
-            found.append(f"min_lr must be >= 0 (got {self.min_lr!r})")
-        elif self.min_lr is not None and _is_number(self.lr) and self.min_lr > self.lr:
-            found.append(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        if self.schedule not in SCHEDULES:
-            found.append(f"schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
-        if not _is_number(self.decay_fraction) or not 0 < self.decay_fraction <= 1:
-            found.append(f"decay_fraction must be in (0, 1] (got {self.decay_fraction!r})")
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
-            found.append(f"weight_decay must be >= 0 (got {self.weight_decay!r})")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0 <= value < 1:
-                found.append(f"{name} must be in [0, 1) (got {value!r})")
-        if not _is_number(self.grad_clip) or self.grad_clip < 0:
-            found.append(f"grad_clip must be >= 0 (got {self.grad_clip!r}); 0 disables clipping")
-        if self.dropout is not None and (not _is_number(self.dropout) or not 0 <= self.dropout < 1):
-            found.append(f"dropout must be in [0, 1) (got {self.dropout!r})")
+    def problems(self, world_size: int = 1) -> list[str]:
+        """Every problem with these settings, in words a user can act on (fields, then cross-field rules)."""
+        found = field_problems(self)
         if (
-            isinstance(self.global_batch, int)
-            and isinstance(self.batch_size, int)
-            and self.batch_size > 0
-            and self.global_batch > 0
-            and self.global_batch % self.batch_size
+            isinstance(self.min_lr, float)
+            and isinstance(self.lr, float)
+            and math.isfinite(self.min_lr)
+            and self.min_lr > self.lr
         ):
-            low = max(self.batch_size, self.global_batch // self.batch_size * self.batch_size)
+            found.append(f"--min-lr ({self.min_lr:g}) must not exceed --lr ({self.lr:g})")
+        per_pass = self.batch_size * world_size if isinstance(self.batch_size, int) and self.batch_size > 0 else None
+        if isinstance(self.global_batch, int) and self.global_batch > 0 and per_pass and self.global_batch % per_pass:
+            fit = max(per_pass, self.global_batch // per_pass * per_pass)
+            procs = f" x {world_size} processes = {per_pass}" if world_size > 1 else ""
             found.append(
-                f"global_batch ({self.global_batch}) must be a multiple of batch_size ({self.batch_size}), "
-                f"e.g. {low} or {low + self.batch_size}"
+                f"--global-batch ({self.global_batch}) must be a multiple of --batch-size ({self.batch_size}){procs}, "
+                f"e.g. {fit} or {fit + per_pass}"
             )
-        for name in ("data", "sample_prompt", "device", "preset"):
-            if not isinstance(getattr(self, name), str):
-                found.append(f"{name} must be a string (got {getattr(self, name)!r})")
-        for name in ("out", "init_from", "dtype"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
-                found.append(f"{name} must be a string (got {getattr(self, name)!r})")
-        for name in ("amp", "compile"):
-            if not isinstance(getattr(self, name), bool):
-                found.append(f"{name} must be true or false (got {getattr(self, name)!r})")
         return found
 
-    def validate(self) -> TrainConfig:
+    def validate(self, world_size: int = 1) -> TrainConfig:
         """Raise ConfigError listing every problem at once; return self when valid."""
-        found = self.problems()
+        found = self.problems(world_size)
         if found:
-            raise ConfigError("invalid training config: " + "; ".join(found))
+            raise ConfigError("invalid training settings: " + "; ".join(found))
         return self
 
     def model_overrides(self) -> dict[str, Any]:
@@ -301,65 +234,92 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from defaults plus `data` (keys may use dashes); unknown keys are an error."""
-        return cls().updated(data, source)
+        """Defaults plus `data`, whose keys must be field names; unknown keys are an error listing the valid ones."""
+        return build(cls, data, source)
 
     def updated(self, data: dict[str, Any], source: str = "config") -> TrainConfig:
-        """A copy with the fields in `data` replaced (keys may use dashes), validated."""
-        known = {f.name for f in fields(self)}
-        clean = {str(k).replace("-", "_"): v for k, v in data.items()}
-        unknown = sorted(set(clean) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown training setting(s) {', '.join(unknown)}; "
-                "see `gpt2es train --help` for the names"
-            )
-        if clean.get("max_time") is not None:
-            clean["max_time"] = parse_duration(clean["max_time"])
-        for name in ("lr", "min_lr", "epochs", "dropout", "weight_decay", "grad_clip", "peak_tflops"):
-            if isinstance(clean.get(name), int) and not isinstance(clean.get(name), bool):
-                clean[name] = float(clean[name])
-        return replace(self, **clean).validate()
+        """A copy with the fields in `data` replaced, validated."""
+        return build(type(self), data, source, base=self)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+# --- prepare ------------------------------------------------------------------------------------
+
+TXT_MODES = ("blank", "line", "file")
+SOURCE, TOKENIZER, HYGIENE, OUTPUT = "Source", "Tokenizer", "Cleaning and split", "Output"
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Training settings from a TOML (.toml) or YAML (.yaml/.yml) file, as a flat dict.
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything `gpt2es prepare` needs: where the text comes from, how it is cleaned, split and tokenized.
 
-    A `[train]` table (TOML) or `train:` mapping (YAML) is read if present, else the top level.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist: check the path")
-    suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file {path} ({e})") from None
-    if suffix == ".toml":
-        import tomllib
+    Like TrainConfig, each field is one setting (option, --help, check)."""
 
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path} is not valid TOML ({e})") from None
-    elif suffix in (".yaml", ".yml"):
-        import yaml
+    dataset: str = setting("demo", short="-d", panel=SOURCE)
+    """demo, wikipedia, oscar, a Hub dataset owner/name, or a local file, glob or directory (see above)."""
+    out: Path | None = setting(None, short="-o", panel=OUTPUT, default_text="data/<dataset name>")
+    """Output directory."""
+    subset: str | None = setting(None, aliases=("--config",), panel=SOURCE)
+    """Hub dataset configuration (subset), e.g. 20231101.es for wikipedia."""
+    split: str | None = setting(None, panel=SOURCE, default_text="train")
+    """Split to read from a Hub or save_to_disk dataset."""
+    text_column: str | None = setting(None, panel=SOURCE, default_text="'text', else 'content'")
+    """Column or field that holds the text."""
+    txt_mode: str = setting("blank", choices=TXT_MODES, panel=SOURCE)
+    """How .txt files split into documents: 'blank' (a blank line ends a document), 'line' (one per line)
+    or 'file' (one per file; best for books)."""
+    max_docs: int | None = setting(None, ge=1, le=10**15, panel=SOURCE)
+    """Take at most this many documents."""
+    max_bytes: int | None = setting(
+        None, ge=1, le=10**15, parse=parse_size, metavar="SIZE", panel=SOURCE, default_text=f"demo: {DEMO_BYTES // 10**6}MB, else all"
+    )
+    """Take at most this much text, e.g. 500MB."""
+    tokenizer: str = setting("train", panel=TOKENIZER)
+    """'train' a byte-level BPE on the train split, 'gpt2' (Hub cache), a tokenizer.json / a directory with
+    tokenizer.json or vocab.json + merges.txt, or a checkpoint or dataset whose tokenizer to reuse (e.g. to
+    fine-tune that checkpoint with --init-from)."""
+    vocab_size: int = setting(32768, ge=257, le=2**32, panel=TOKENIZER)
+    """Vocabulary size of a trained tokenizer (at least 257: 256 bytes + <|endoftext|>)."""
+    tokenizer_sample_bytes: int = setting(
+        100_000_000, ge=1, le=10**15, parse=parse_size, metavar="SIZE", panel=TOKENIZER, default_text="100MB"
+    )
+    """Train the tokenizer on at most this much of the train split, e.g. 100MB."""
+    gpt2_tokenizer: Path | None = setting(None, panel=TOKENIZER, default_text="the Hugging Face cache")
+    """GPT-2's tokenizer (a directory or tokenizer.json) to compare fertility with."""
+    min_chars: int = setting(1, ge=0, le=10**9, panel=HYGIENE)
+    """Drop documents shorter than this after cleaning."""
+    dedup: bool = setting(True, panel=HYGIENE)
+    """Drop exact duplicate documents."""
+    val_fraction: float = setting(0.01, gt=0, lt=1, panel=HYGIENE)
+    """Share of documents for validation, between 0 and 1; at least one document."""
+    seed: int = setting(0, ge=0, le=2**63 - 1, panel=HYGIENE)
+    """Seed for the train/validation split (and the demo tales)."""
+    num_proc: int | None = setting(None, ge=1, le=1024, panel=OUTPUT, default_text="1 for small inputs, else one per CPU")
+    """Tokenizer worker processes."""
+    force: bool = setting(False, panel=OUTPUT)
+    """Replace an existing dataset at --out."""
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            first = str(e).strip().splitlines()[0]
-            raise ConfigError(f"{path} is not valid YAML ({first})") from None
-    else:
-        raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a table of settings (key = value)")
-    if isinstance(data.get("train"), dict) and len(data) == 1:
-        data = data["train"]
-    return data
+    def problems(self) -> list[str]:
+        return field_problems(self)
+
+    @property
+    def output_dir(self) -> Path:
+        """--out, or data/<a name derived from the dataset>."""
+        if self.out is not None:
+            return Path(self.out)
+        base = re.split(r"[*?\[]", self.dataset)[0].rstrip("/")  # a glob: the folder it searches
+        stem = Path(base).name.split(".")[0] or "dataset"
+        return Path("data") / re.sub(r"[^\w-]+", "-", stem)
+
+    def validate(self) -> PrepareConfig:
+        """Raise one ConfigError naming every bad setting."""
+        found = self.problems()
+        if found:
+            raise ConfigError("invalid prepare settings: " + "; ".join(found))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "options") -> PrepareConfig:
+        return build(cls, data, source)

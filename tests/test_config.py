@@ -27,7 +27,7 @@ def test_every_problem_is_reported_at_once():
         ModelConfig.from_preset("tiny", n_embd=33, n_layer=0, dropout=1.0, activation="relu")
     msg = str(e.value)
     assert "\n" not in msg
-    for part in ("n_layer must be a positive integer", "divisible by n_head", "dropout must be in [0, 1)", "activation"):
+    for part in ("n_layer must be >= 1", "divisible by n_head", "dropout must be >= 0 and < 1", "activation"):
         assert part in msg
 
 

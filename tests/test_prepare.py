@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from gpt2es_cli.cli import app
 from gpt2es_cli.data.clean import normalize
 from gpt2es_cli.data.dataset import PreparedDataset
-from gpt2es_cli.data.prepare import PrepareOptions, prepare
+from gpt2es_cli.config import PrepareConfig
+from gpt2es_cli.data.prepare import prepare
 from gpt2es_cli.data.sources import Source, resolve_source
 from gpt2es_cli.errors import ConfigError, DataError, TokenizerError
 from gpt2es_cli.tokenizer import Tokenizer
@@ -39,9 +40,9 @@ def corpus(tmp_path, spanish_texts) -> tuple[Path, list[str]]:
     return path, kept
 
 
-def options(out: Path, **kw) -> PrepareOptions:
+def options(out: Path, **kw) -> PrepareConfig:
     defaults = dict(vocab_size=300, num_proc=1, min_chars=5, val_fraction=0.1)
-    return PrepareOptions(out=out, **{**defaults, **kw})
+    return PrepareConfig(out=out, **{**defaults, **kw})
 
 
 def documents(ds: PreparedDataset, split: str) -> list[str]:
@@ -204,7 +205,7 @@ def test_bad_settings_are_reported_together(tmp_path, corpus):
     path, _ = corpus
     with pytest.raises(ConfigError) as e:
         prepare(resolve_source(str(path)), options(tmp_path / "out", val_fraction=1.0, vocab_size=100))
-    assert "--val-fraction" in str(e.value) and "--vocab-size 100 is too small" in str(e.value)
+    assert "--val-fraction" in str(e.value) and "--vocab-size must be >= 257" in str(e.value)
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ConfigError, match="--val-fraction"):
             options(tmp_path / "out", val_fraction=bad).validate()
@@ -283,9 +284,13 @@ def test_cli_gpt2_tokenizer_offline_without_cache(tmp_path, monkeypatch):
     [
         (["-d", "missing/dir/file.txt"], "does not exist"),
         (["-d", "not-a-dataset"], "unknown dataset"),
-        (["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
-        (["--val-fraction", "0"], "--val-fraction must be between 0 and 1"),
-        (["--vocab-size", "100"], "--vocab-size 100 is too small"),
+        (["--val-fraction", "1.5"], "--val-fraction must be > 0 and < 1 (got 1.5)"),
+        (["--val-fraction", "0"], "--val-fraction must be > 0 and < 1"),
+        (["--val-fraction", "nan"], "--val-fraction must be a finite number"),
+        (["--min-chars", "-1"], "--min-chars must be >= 0"),
+        (["--num-proc", "0"], "--num-proc must be >= 1"),
+        (["--txt-mode", "page"], "--txt-mode must be one of blank, line, file"),
+        (["--vocab-size", "100"], "--vocab-size must be >= 257"),
         (["--max-bytes", "lots"], "is not a size"),
         (["-d", "someone/corpus"], "cannot reach the Hugging Face Hub"),
         (["-d", "wikipedia"], "cannot reach the Hugging Face Hub"),
@@ -310,7 +315,7 @@ def test_cli_bad_input_is_one_line(tmp_path, corpus, args, message):
 
 
 def test_sizes_and_default_out():
-    from gpt2es_cli.cli.prepare import default_out, parse_size
+    from gpt2es_cli.settings import parse_size
 
     assert [parse_size(v, "--max-bytes") for v in ("4MB", "1.5GB", "500k", "2GiB", "123")] == [
         4_000_000,
@@ -327,7 +332,8 @@ def test_sizes_and_default_out():
         ("someone/news", "news"),
         ("d/**/*.zst", "d"),
     ):
-        assert default_out(dataset) == Path("data") / out
+        assert PrepareConfig(dataset=dataset).output_dir == Path("data") / out
+    assert PrepareConfig(dataset="demo", out=Path("x")).output_dir == Path("x")
 
 
 def test_checkpoint_tokenizer_is_reused(tmp_path, corpus, tiny_checkpoint, tiny_tokenizer):

@@ -36,7 +36,7 @@ def test_named_hub_datasets_resolve_without_network():
         "train",
         "text",
     )
-    assert resolve_source("wikipedia", config="20231101.ca").config == "20231101.ca"
+    assert resolve_source("wikipedia", subset="20231101.ca").config == "20231101.ca"
 
     oscar = resolve_source("oscar")
     assert oscar.path == "json"  # OSCAR-2301 has a loading script: read its files with the json builder
@@ -44,7 +44,7 @@ def test_named_hub_datasets_resolve_without_network():
     assert oscar.text_column == "content" and oscar.gated
     assert oscar.describe()["data_files"] == oscar.data_files
 
-    other = resolve_source("someone/spanish-news", config="es", split="validation", text_column="body")
+    other = resolve_source("someone/spanish-news", subset="es", split="validation", text_column="body")
     assert (other.path, other.config, other.split, other.text_column) == (
         "someone/spanish-news",
         "es",
@@ -60,10 +60,10 @@ def test_resolution_errors():
         resolve_source("./missing.txt")
     with pytest.raises(DataError, match="does not exist"):
         resolve_source("corpus.jsonl")  # a known suffix means a local path, not a Hub name
-    with pytest.raises(ConfigError, match="--config does not apply"):
-        resolve_source("oscar", config="ca")
+    with pytest.raises(ConfigError, match="--subset does not apply"):
+        resolve_source("oscar", subset="ca")
     with pytest.raises(ConfigError, match="Hub datasets only"):
-        resolve_source("demo", config="x")
+        resolve_source("demo", subset="x")
     with pytest.raises(ConfigError, match="--txt-mode"):
         resolve_source("demo", txt_mode="paragraph")
 

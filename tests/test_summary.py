@@ -6,7 +6,8 @@ from rich.console import Console
 
 from gpt2es_cli.cli.render_data import render_dataset_summary
 from gpt2es_cli.data import summary as summary_module
-from gpt2es_cli.data.prepare import PrepareOptions, prepare
+from gpt2es_cli.config import PrepareConfig
+from gpt2es_cli.data.prepare import prepare
 from gpt2es_cli.data.sources import resolve_source
 from gpt2es_cli.data.summary import describe_dataset, document_lengths
 
@@ -37,7 +38,7 @@ def test_document_lengths_across_chunks_and_sampled(monkeypatch):
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("summary") / "demo"
     source = resolve_source("demo", max_bytes=60_000)
-    prepare(source, PrepareOptions(out=out, vocab_size=400, num_proc=1, val_fraction=0.05))
+    prepare(source, PrepareConfig(out=out, vocab_size=400, num_proc=1, val_fraction=0.05))
     return out
 
 

@@ -60,6 +60,14 @@ class _SplitFile:
         self.bytes += nbytes
 
 
+def check_output_dir(out_dir: Path, force: bool) -> None:
+    """Refuse an output path that is a file, or a non-empty directory without --force."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"output path {out_dir} is a file: choose a directory path with --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise DataError(f"{out_dir} already exists and is not empty: use --force to replace it")
+
+
 class DatasetWriter:
     """Stream token ids of documents into a new prepared dataset, atomically.
 
@@ -69,10 +77,7 @@ class DatasetWriter:
 
     def __init__(self, out_dir: str | Path, tokenizer: Tokenizer, force: bool = False):
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise DataError(f"output path {self.out_dir} is a file: choose a directory path with --out")
-        if self.out_dir.is_dir() and any(self.out_dir.iterdir()) and not force:
-            raise DataError(f"{self.out_dir} already exists and is not empty: use --force to replace it")
+        check_output_dir(self.out_dir, force)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self.tokenizer = tokenizer
         self.dtype = token_dtype(tokenizer.vocab_size)
@@ -84,10 +89,6 @@ class DatasetWriter:
     def write(self, split: str, ids: np.ndarray | list[int], documents: int = 1, nbytes: int = 0) -> None:
         """Append ids (already ending in <|endoftext|> per document) to a split."""
         self.splits[split].write(np.asarray(ids), documents, nbytes)
-
-    def write_document(self, split: str, ids: list[int], nbytes: int) -> None:
-        """Append one document's ids followed by <|endoftext|>."""
-        self.write(split, [*ids, self.tokenizer.eos_id], documents=1, nbytes=nbytes)
 
     def split_stats(self) -> dict[str, dict[str, Any]]:
         return {

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from gpt2es_cli.config import PrepareConfig
 from gpt2es_cli.data.clean import (
     DigestSet,
     HygieneCounts,
@@ -37,70 +38,18 @@ from gpt2es_cli.data.clean import (
     normalize,
     split_score,
 )
-from gpt2es_cli.data.dataset import DatasetWriter, token_dtype
+from gpt2es_cli.data.dataset import DatasetWriter, check_output_dir, token_dtype
 from gpt2es_cli.data.sources import Source
 from gpt2es_cli.errors import ConfigError, DataError, TokenizerError
 from gpt2es_cli.tokenizer import GPT2_HUB_ID, Tokenizer
 
-__all__ = ["PrepareOptions", "PrepareProgress", "PrepareResult", "prepare", "tokenizer_label"]
+__all__ = ["PrepareProgress", "PrepareResult", "prepare", "tokenizer_label"]
 
 BATCH_CHARS = 1 << 20
 """Documents go to the workers in batches of about this many characters."""
 BATCH_DOCS = 4096
 FERTILITY_SAMPLE_TOKENS = 2_000_000
 """Fertility is measured on up to this many validation tokens."""
-
-
-@dataclass
-class PrepareOptions:
-    """Everything `prepare` needs besides the source; the CLI options map onto these fields."""
-
-    out: Path
-    tokenizer: str = "train"
-    """'train' (a new byte-level BPE), 'gpt2', or a path to tokenizer.json / a tokenizer dir."""
-    vocab_size: int = 32768
-    tokenizer_sample_bytes: int = 100_000_000
-    """Train the tokenizer on at most this many bytes of the training split."""
-    min_chars: int = 1
-    dedup: bool = True
-    val_fraction: float = 0.01
-    seed: int = 0
-    max_docs: int | None = None
-    max_bytes: int | None = None
-    num_proc: int | None = None
-    """Worker processes; None picks 1 for small sources, else one per CPU (at most 8)."""
-    force: bool = False
-    gpt2_tokenizer: Path | None = None
-    """GPT-2's tokenizer for the fertility comparison (else the Hugging Face cache, if there)."""
-
-    def validate(self) -> None:
-        """Raise one ConfigError naming every bad setting."""
-        problems = []
-        if not 0 < self.val_fraction < 1:
-            problems.append(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        if self.tokenizer == "train" and self.vocab_size < 257:
-            problems.append(
-                f"--vocab-size {self.vocab_size} is too small: a byte-level BPE needs at least 257 "
-                "(256 bytes + <|endoftext|>)"
-            )
-        if self.tokenizer == "train" and self.vocab_size > 2**32:
-            problems.append(f"--vocab-size {self.vocab_size} does not fit in uint32 token files")
-        if self.tokenizer_sample_bytes < 1:
-            problems.append("--tokenizer-sample-bytes must be positive")
-        if self.min_chars < 0:
-            problems.append("--min-chars cannot be negative")
-        for name, value in (
-            ("--max-docs", self.max_docs),
-            ("--max-bytes", self.max_bytes),
-            ("--num-proc", self.num_proc),
-        ):
-            if value is not None and value < 1:
-                problems.append(f"{name} must be at least 1, got {value}")
-        if problems:
-            raise ConfigError("; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -141,10 +90,14 @@ class PrepareResult:
 ProgressCallback = Callable[[PrepareProgress], None]
 
 
-def prepare(source: Source, options: PrepareOptions, on_progress: ProgressCallback | None = None) -> PrepareResult:
-    """Turn a source into a prepared dataset at `options.out`; see the module docstring."""
+def prepare(source: Source, options: PrepareConfig, on_progress: ProgressCallback | None = None) -> PrepareResult:
+    """Turn a source into a prepared dataset at `options.output_dir`; see the module docstring.
+
+    `source` is what `options.dataset` names (data.sources.resolve_source); the other source
+    fields of `options` (subset, split, ...) were used to resolve it."""
     options.validate()
-    _check_out(Path(options.out), options.force)
+    out = options.output_dir
+    check_output_dir(out, options.force)  # before any long work; DatasetWriter checks again
     started = time.perf_counter()
     report = on_progress or (lambda p: None)
 
@@ -156,7 +109,7 @@ def prepare(source: Source, options: PrepareOptions, on_progress: ProgressCallba
     num_proc = options.num_proc or (1 if source.small() else min(_cpu_count(), 8))
     settings = _Settings(tokenizer.to_json(), options.min_chars, options.seed, token_dtype(tokenizer.vocab_size).str)
     tokenize_started = time.perf_counter()
-    with DatasetWriter(options.out, tokenizer, force=options.force) as writer, _Pipeline(settings, num_proc) as pipe:
+    with DatasetWriter(out, tokenizer, force=options.force) as writer, _Pipeline(settings, num_proc) as pipe:
         state = _WriteState(writer, options)
         reader = _Reader(source, options, "tokenize")
         for batch in pipe.imap(_batches(reader)):
@@ -178,15 +131,7 @@ def prepare(source: Source, options: PrepareOptions, on_progress: ProgressCallba
             }
         )
     done = time.perf_counter()
-    return PrepareResult(Path(options.out), meta, hygiene, done - started, done - tokenize_started, num_proc)
-
-
-def _check_out(out: Path, force: bool) -> None:
-    """The checks DatasetWriter makes, made before any long work."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"output path {out} is a file: choose a directory path with --out")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise DataError(f"{out} already exists and is not empty: use --force to replace it")
+    return PrepareResult(out, meta, hygiene, done - started, done - tokenize_started, num_proc)
 
 
 def _cpu_count() -> int:
@@ -202,7 +147,7 @@ def _cpu_count() -> int:
 class _Reader:
     """The source's documents up to --max-docs / --max-bytes, counted for progress reports."""
 
-    def __init__(self, source: Source, options: PrepareOptions, phase: str):
+    def __init__(self, source: Source, options: PrepareConfig, phase: str):
         self.source, self.options, self.phase = source, options, phase
         self.documents = self.bytes = 0
         self.started = time.perf_counter()
@@ -277,7 +222,7 @@ def _cached_gpt2() -> Tokenizer | None:
         return None
 
 
-def _train_tokenizer(source: Source, options: PrepareOptions, report: ProgressCallback) -> tuple[Tokenizer, dict]:
+def _train_tokenizer(source: Source, options: PrepareConfig, report: ProgressCallback) -> tuple[Tokenizer, dict]:
     """Train a byte-level BPE on the start of the training split, streamed to the trainer."""
     fed = {"documents": 0, "bytes": 0}
     counts = HygieneCounts()
@@ -286,20 +231,13 @@ def _train_tokenizer(source: Source, options: PrepareOptions, report: ProgressCa
     def texts() -> Iterator[str]:
         seen = DigestSet()
         for batch in _batches(reader):
-            kept = []
-            for doc in batch:
-                text, _ = normalize(doc)
-                if not text:
-                    counts.empty += 1
-                elif len(text) < options.min_chars:
-                    counts.too_short += 1
-                else:
-                    data = text.encode("utf-8")
-                    kept.append((text, len(data), digest(data)))
-            new = seen.add_batch([d for _, _, d in kept]) if options.dedup else np.ones(len(kept), bool)
+            c = _clean(batch, options.min_chars)
+            counts.empty += c.empty
+            counts.too_short += c.too_short
+            new = seen.add_batch(c.digests) if options.dedup else np.ones(len(c.texts), bool)
             counts.duplicates += int((~new).sum())
             counts.documents_kept += int(new.sum())
-            for (text, nbytes, d), is_new in zip(kept, new, strict=True):
+            for text, nbytes, d, is_new in zip(c.texts, c.nbytes, c.digests, new, strict=True):
                 if is_new and split_score(d, options.seed) >= options.val_fraction:
                     yield text
                     fed["documents"] += 1
@@ -352,6 +290,36 @@ class _Batch:
     """A snippet the tokenizer could not reproduce, if any."""
 
 
+@dataclass
+class _Cleaned:
+    """The documents of a batch that survive cleaning, with their sizes and fingerprints."""
+
+    texts: list[str]
+    nbytes: list[int]
+    digests: list[int]
+    empty: int
+    too_short: int
+    control_chars_removed: int
+
+
+def _clean(docs: list[str], min_chars: int) -> _Cleaned:
+    """Normalise each document and drop the empty and the too short (both passes use this)."""
+    out = _Cleaned([], [], [], 0, 0, 0)
+    for doc in docs:
+        text, removed = normalize(doc)
+        out.control_chars_removed += removed
+        if not text:
+            out.empty += 1
+        elif len(text) < min_chars:
+            out.too_short += 1
+        else:
+            data = text.encode("utf-8")
+            out.texts.append(text)
+            out.nbytes.append(len(data))
+            out.digests.append(digest(data))
+    return out
+
+
 class _Processor:
     """Clean, fingerprint and tokenize a batch of documents (runs in each worker)."""
 
@@ -362,22 +330,8 @@ class _Processor:
 
     def __call__(self, docs: list[str]) -> _Batch:
         s = self.settings
-        texts: list[str] = []
-        nbytes: list[int] = []
-        digests: list[int] = []
-        empty = too_short = removed = 0
-        for doc in docs:
-            text, n = normalize(doc)
-            removed += n
-            if not text:
-                empty += 1
-            elif len(text) < s.min_chars:
-                too_short += 1
-            else:
-                data = text.encode("utf-8")
-                texts.append(text)
-                nbytes.append(len(data))
-                digests.append(digest(data))
+        c = _clean(docs, s.min_chars)
+        texts, digests = c.texts, c.digests
         ids = self.tokenizer.encode_batch(texts)
         eos = self.tokenizer.eos_id
         lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
@@ -396,10 +350,10 @@ class _Processor:
             ends,
             np.array(digests, dtype=np.uint64),
             np.array([split_score(d, s.seed) for d in digests], dtype=np.float64),
-            np.array(nbytes, dtype=np.int64),
-            empty,
-            too_short,
-            removed,
+            np.array(c.nbytes, dtype=np.int64),
+            c.empty,
+            c.too_short,
+            c.control_chars_removed,
             lossy,
         )
 
@@ -480,7 +434,7 @@ class _WriteState:
     still empty, else to train.
     """
 
-    def __init__(self, writer: DatasetWriter, options: PrepareOptions):
+    def __init__(self, writer: DatasetWriter, options: PrepareConfig):
         self.writer, self.options = writer, options
         self.seen = DigestSet()
         self.counts = HygieneCounts()
@@ -552,7 +506,7 @@ class _WriteState:
         return c
 
 
-def _check_documents(name: str, c: HygieneCounts, train_documents: int, options: PrepareOptions) -> None:
+def _check_documents(name: str, c: HygieneCounts, train_documents: int, options: PrepareConfig) -> None:
     """A one-line error when there is not enough text for a training and a validation split."""
     if c.documents_read == 0:
         raise DataError(f"{name} has no documents: the input is empty")
@@ -575,7 +529,7 @@ def _check_documents(name: str, c: HygieneCounts, train_documents: int, options:
 # --- fertility --------------------------------------------------------------------------------
 
 
-def _fertility(tokenizer: Tokenizer, info: dict, sample: list[np.ndarray], options: PrepareOptions) -> dict:
+def _fertility(tokenizer: Tokenizer, info: dict, sample: list[np.ndarray], options: PrepareConfig) -> dict:
     """Tokens per word and bytes per token on (a sample of) the validation text."""
     ids = np.concatenate(sample) if sample else np.zeros(0, dtype=np.int64)
     bounds = np.flatnonzero(ids == tokenizer.eos_id)

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gpt2es_cli.config import TXT_MODES
 from gpt2es_cli.data.clean import HygieneCounts, decode_utf8
+from gpt2es_cli.demo import DEFAULT_MAX_BYTES
 from gpt2es_cli.errors import ConfigError, DataError
 
-TXT_MODES = ("blank", "line", "file")
 """How a .txt file splits into documents: at blank lines, one per line, or one per file."""
 FORMATS = {
     ".txt": "txt",
@@ -41,7 +42,6 @@ DEFAULT_TEXT_COLUMNS = ("text", "content")
 MAX_DOC_CHARS = 16 * 2**20
 """A longer document (say, a 2 GB .txt in `file` mode) is cut at line breaks into pieces this
 big, so memory stays bounded whatever the input."""
-DEMO_DEFAULT_BYTES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class HubDataset:
 
 
 HUB_DATASETS = {
-    # Spanish Wikipedia, Parquet, no login needed; --config picks another dump, e.g. 20231101.ca.
+    # Spanish Wikipedia, Parquet, no login needed; --subset picks another dump, e.g. 20231101.ca.
     "wikipedia": HubDataset(
         "wikimedia/wikipedia",
         config="20231101.es",
@@ -107,7 +107,7 @@ class Source:
 def resolve_source(
     name: str,
     *,
-    config: str | None = None,
+    subset: str | None = None,
     split: str | None = None,
     text_column: str | None = None,
     txt_mode: str = "blank",
@@ -124,16 +124,16 @@ def resolve_source(
     if txt_mode not in TXT_MODES:
         raise ConfigError(f"unknown --txt-mode {txt_mode!r}: use one of {', '.join(TXT_MODES)}")
     if name == "demo":
-        _no_config(name, config)
+        _no_subset(name, subset)
         return DemoSource(seed=seed, max_bytes=max_bytes, max_docs=max_docs)
     if name in HUB_DATASETS:
         known = HUB_DATASETS[name]
-        if config is not None and known.data_files is not None:
-            raise ConfigError(f"--config does not apply to {name!r} (it reads {known.data_files})")
+        if subset is not None and known.data_files is not None:
+            raise ConfigError(f"--subset does not apply to {name!r} (it reads {known.data_files})")
         return HubSource(
             name,
             known.path,
-            config=config or known.config,
+            config=subset or known.config,
             split=split or "train",
             text_column=text_column or known.text_column,
             data_files=known.data_files,
@@ -142,13 +142,13 @@ def resolve_source(
         )
     path = Path(name).expanduser()
     if _looks_local(name, path):
-        _no_config(name, config)
+        _no_subset(name, subset)
         return _resolve_local(name, path, txt_mode=txt_mode, text_column=text_column, split=split)
     if _HUB_ID.match(name):
         return HubSource(
             name,
             name,
-            config=config,
+            config=subset,
             split=split or "train",
             text_column=text_column,
             page=f"https://huggingface.co/datasets/{name}",
@@ -159,9 +159,9 @@ def resolve_source(
     )
 
 
-def _no_config(name: str, config: str | None) -> None:
-    if config is not None:
-        raise ConfigError(f"--config applies to Hub datasets only, not to {name!r}")
+def _no_subset(name: str, subset: str | None) -> None:
+    if subset is not None:
+        raise ConfigError(f"--subset applies to Hub datasets only, not to {name!r}")
 
 
 def _looks_local(name: str, path: Path) -> bool:
@@ -231,7 +231,7 @@ class DemoSource(Source):
         super().__init__()
         self.name = "demo"
         self.seed = seed
-        self.max_bytes = DEMO_DEFAULT_BYTES if max_bytes is None else max_bytes
+        self.max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
         self.max_docs = max_docs
         self.total_bytes = self.max_bytes
 
@@ -337,7 +337,7 @@ class HubSource(Source):
             or "Unknown split" in text
             or ("split" in text.lower() and "not found" in text.lower())
         ):
-            return DataError(f"{self.label()}: {text}: check --config / --split")
+            return DataError(f"{self.label()}: {text}: check --subset / --split")
         return DataError(f"cannot stream {self.label()} from the Hub ({kind}: {text})")
 
     def describe(self) -> dict[str, Any]:

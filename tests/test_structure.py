@@ -1,0 +1,157 @@
+"""The architecture, checked: imports point one way, the CLI is a thin layer, settings are declared once."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import typer
+
+from gpt2es_cli.cli import app
+from gpt2es_cli.config import PrepareConfig, TrainConfig
+from gpt2es_cli.settings import field_docs, option_name
+
+PACKAGE = Path(__file__).resolve().parent.parent / "gpt2es_cli"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(path: Path, known: set[str]) -> set[str]:
+    """Every package module `path` imports, at the top or inside functions (lazy imports count too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import sub` imports the submodule when `sub` is one.
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                     for a in node.names]
+        else:
+            continue
+        found.update(n for n in names if n in known)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {name: imports_of(path, known) - {name} for name, path in mods.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert "gpt2es_cli.checkpoint" in graph and len(graph) > 20  # the walk found the package
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_nothing_below_the_cli_imports_it():
+    for name, deps in import_graph().items():
+        if not name.startswith("gpt2es_cli.cli"):
+            assert not {d for d in deps if d.startswith("gpt2es_cli.cli")}, name
+
+
+def _imported_top_level(path: Path) -> set[str]:
+    tops = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            tops.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            tops.add(node.module.split(".")[0])
+    return tops
+
+
+def test_the_cli_parses_and_renders_only():
+    """CLI modules never touch torch: loading, devices and tensors are the library's."""
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        assert "torch" not in _imported_top_level(path), path.name
+
+
+def test_the_library_prints_nothing():
+    """Only the CLI prints: no print() calls and no rich/typer outside gpt2es_cli/cli."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "cli" in path.relative_to(PACKAGE).parts[:1]:
+            continue
+        assert not {"rich", "typer"} & _imported_top_level(path), path
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print"]
+        assert not calls, path
+
+
+def _options(command: str) -> dict[str, object]:
+    click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
+    return {p.name: p for p in click_command.params}
+
+
+@pytest.mark.parametrize(("command", "cls", "own"), [
+    ("train", TrainConfig, {"config_file", "resume", "force"}),
+    ("prepare", PrepareConfig, set()),
+])
+def test_every_setting_is_an_option_declared_by_its_field(command, cls, own):
+    """One field = one option, with the field's docstring as help and its default shown: nothing copied."""
+    options = _options(command)
+    names = {f.name for f in fields(cls)}
+    assert set(options) - {"_settings_context"} == names | own
+    docs = field_docs(cls)
+    for f in fields(cls):
+        option = options[f.name]
+        assert option_name(f) in option.opts or option_name(f) in option.secondary_opts or any(
+            o.startswith(option_name(f)) for o in option.opts
+        ), f.name
+        assert docs[f.name].split(" (")[0].rstrip(".") in option.help, f.name
+        if f.default is not None and not isinstance(f.default, bool) and option.show_default is True:
+            assert str(option.default) == str(f.default), f.name
+
+
+def test_field_docs_are_read_from_the_source():
+    docs = field_docs(TrainConfig)
+    assert docs["lr"] == "Peak learning rate."
+    assert len(docs) == len(fields(TrainConfig))
