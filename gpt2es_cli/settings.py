@@ -21,6 +21,7 @@ import ast
 import difflib
 import functools
 import inspect
+import itertools
 import math
 import re
 import sys
@@ -92,7 +93,7 @@ def field_docs(cls: type) -> dict[str, str]:
         return {}
     body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:]):
+    for node, following in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)

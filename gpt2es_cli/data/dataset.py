@@ -44,7 +44,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 class _SplitFile:
     def __init__(self, path: Path, dtype: np.dtype):
-        self.file = open(path, "wb")  # noqa: SIM115 - closed in DatasetWriter.finish/abort
+        self.file = open(path, "wb")
         self.dtype = dtype
         self.sha256 = hashlib.sha256()
         self.documents = 0

@@ -24,7 +24,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from gpt2es_cli.data.clean import (
 )
 from gpt2es_cli.data.dataset import DatasetWriter, check_output_dir, token_dtype
 from gpt2es_cli.data.sources import Source
-from gpt2es_cli.errors import ConfigError, DataError, TokenizerError
+from gpt2es_cli.errors import DataError, TokenizerError
 from gpt2es_cli.tokenizer import GPT2_HUB_ID, Tokenizer
 
 __all__ = ["PrepareProgress", "PrepareResult", "prepare", "tokenizer_label"]

@@ -402,7 +402,7 @@ class FilesSource(Source):
         for path in self.files:
             fmt, compression = _format_of(path)
             try:
-                raw = open(path, "rb")  # noqa: SIM115 - closed in finally, after the generator ends
+                raw = open(path, "rb")
             except OSError as e:
                 raise DataError(f"cannot read {path}: {e.strerror}") from None
             try:
