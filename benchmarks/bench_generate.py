@@ -29,16 +29,17 @@ from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
-from gpt2es_cli.config import ModelConfig  # noqa: E402
-from gpt2es_cli.device import bf16_supported  # noqa: E402
-from gpt2es_cli.export import export_hf  # noqa: E402
-from gpt2es_cli.generate import GenerationConfig, generate  # noqa: E402
-from gpt2es_cli.model import GPT2  # noqa: E402
-from gpt2es_cli.quantize import int8_supported, prepare_for_inference  # noqa: E402
-from gpt2es_cli.tokenizer import Tokenizer  # noqa: E402
+from gpt2es_cli.artifacts import open_checkpoint
+from gpt2es_cli.checkpoint import Checkpoint
+from gpt2es_cli.config import ModelConfig
+from gpt2es_cli.device import bf16_supported
+from gpt2es_cli.generate import GenerationConfig, generate
+from gpt2es_cli.hf import export_hf
+from gpt2es_cli.model import GPT2
+from gpt2es_cli.quantize import int8_supported, prepare_for_inference
+from gpt2es_cli.tokenizer import Tokenizer
 
 HF32 = "transformers float32 generate(use_cache=True)"
 HF16 = "transformers bfloat16 generate(use_cache=True)"
@@ -66,7 +67,7 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[GPT2, Checkpo
     """Our float32 model and a checkpoint of it (random weights of a preset, or --checkpoint)."""
     needed = args.prompt_tokens + args.new_tokens
     if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint)
+        ckpt = open_checkpoint(args.checkpoint)
         if needed > ckpt.model_config.n_positions:
             sys.exit(f"--prompt-tokens + --new-tokens = {needed} exceeds the checkpoint's context")
         return ckpt.build_model(device), ckpt

@@ -10,11 +10,12 @@ numbers and tensors, so it loads with `torch.load(weights_only=True)` and never 
     model             the model's state_dict
     tokenizer         the tokenizer's JSON text (tokenizers library), or None
     training          None, or a dict: optimizer/scheduler/scaler state, step, tokens seen,
-                      RNG states, metrics history, training config (see train.py)
+                      RNG states, metrics history, training config (written by training/loop.py)
     extra             free-form plain data (e.g. what dataset it was trained on)
 
-Anything that takes a CHECKPOINT also accepts a local Hugging Face GPT-2 directory (see
-export.py) or a run directory (its best.pth, else last.pth).
+`load_checkpoint` reads this format only. Whatever else a CHECKPOINT argument may name (a run
+directory, a Hugging Face directory, nothing at all) is resolved in artifacts.py; the Hugging
+Face format is in hf.py, which builds on `clean_state_dict` and `safe_torch_load` here.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ import torch
 
 from gpt2es_cli import __version__
 from gpt2es_cli.config import ModelConfig
-from gpt2es_cli.errors import CheckpointError, Gpt2esError
+from gpt2es_cli.errors import CheckpointError, Gpt2esError, first_line
 from gpt2es_cli.fileio import atomic_write
-from gpt2es_cli.model import GPT2, parameter_groups
+from gpt2es_cli.model import GPT2, parameter_counts
 from gpt2es_cli.tokenizer import Tokenizer
 
 FORMAT = "gpt2es-checkpoint"
 FORMAT_VERSION = 1
-RUN_DIR_CHECKPOINTS = ("best.pth", "last.pth")
 
 
 @dataclass
@@ -60,8 +60,7 @@ class Checkpoint:
         try:
             model.load_state_dict(self.model_state)
         except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"{self.path}: weights do not match its config ({first})") from None
+            raise CheckpointError(f"{self.path}: weights do not match its config ({first_line(e)})") from None
         return model.to(device).eval()
 
     def tokenizer(self) -> Tokenizer:
@@ -72,9 +71,19 @@ class Checkpoint:
             )
         return Tokenizer.from_json(self.tokenizer_json)
 
+    @property
+    def trained_on(self) -> str | None:
+        """The dataset directory this model was trained on, as recorded (None when unknown):
+        training['dataset']['path'] in last.pth, extra['dataset'] in best.pth."""
+        dataset = (self.training or {}).get("dataset")
+        if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
+            return dataset["path"]
+        recorded = (self.extra or {}).get("dataset")
+        return recorded if isinstance(recorded, str) else None
+
     def summary(self) -> dict[str, Any]:
         """What `inspect` shows: plain data (JSON-serialisable), nothing printed."""
-        groups = parameter_groups((k, v.numel()) for k, v in self.model_state.items())
+        groups = parameter_counts((k, v.numel()) for k, v in self.model_state.items())
         tokenizer = None
         if self.tokenizer_json is not None:
             tok = self.tokenizer()
@@ -106,7 +115,7 @@ class Checkpoint:
             "format_version": FORMAT_VERSION,
             "gpt2es_version": __version__,
             "model_config": self.model_config.to_dict(),
-            "model": _clean_state_dict(self.model_state),
+            "model": clean_state_dict(self.model_state),
             "tokenizer": self.tokenizer_json,
             "training": self.training,
             "extra": self.extra,
@@ -139,7 +148,7 @@ def _size_on_disk(path: Path) -> int:
     return path.stat().st_size
 
 
-def _clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add to keys."""
     clean = {}
     for key, value in state.items():
@@ -175,32 +184,14 @@ def save_model(
     save_checkpoint(path, ckpt)
 
 
-def resolve_path(path: str | Path) -> Path:
-    """The file or Hugging Face directory a CHECKPOINT argument names."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a gpt2es .pth file (for run or Hugging Face directories: artifacts.open_checkpoint)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path")
     if path.is_dir():
-        if (path / "config.json").is_file():
-            return path
-        for name in RUN_DIR_CHECKPOINTS:
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(
-            f"{path} is a directory with no checkpoint: expected a Hugging Face model "
-            f"(config.json) or a run directory ({' or '.join(RUN_DIR_CHECKPOINTS)})"
-        )
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load a gpt2es .pth, a run directory, or a local Hugging Face GPT-2 directory."""
-    path = resolve_path(path)
-    if path.is_dir():
-        from gpt2es_cli.export import load_hf_checkpoint
-
-        return load_hf_checkpoint(path)
-    data = _safe_torch_load(path, map_location)
+        raise CheckpointError(f"{path} is a directory, not a gpt2es checkpoint file (.pth)")
+    data = safe_torch_load(path, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         hint = ""
         if isinstance(data, dict) and any(isinstance(v, torch.Tensor) for v in data.values()):
@@ -230,24 +221,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is a damaged gpt2es checkpoint ({e})") from None
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer of anything that has one: a tokenizer.json or tokenizer directory, a
-    prepared dataset, a gpt2es checkpoint or run directory, or a Hugging Face directory."""
-    path = Path(path)
-    if path.is_dir() and (path / "meta.json").is_file():
-        from gpt2es_cli.data.dataset import PreparedDataset
-
-        return PreparedDataset.open(path).tokenizer()
-    if path.is_file() and path.suffix == ".json":
-        return Tokenizer.from_path(path)
-    if path.is_dir() and not (path / "config.json").is_file() and (
-        (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()
-    ):
-        return Tokenizer.from_path(path)
-    return load_checkpoint(path).tokenizer()
-
-
-def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
+def safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
     """torch.load(weights_only=True), with its failures turned into one-line messages."""
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty: the file is truncated or was never written")
@@ -264,7 +238,6 @@ def _safe_torch_load(path: Path, map_location: str | torch.device) -> Any:
             "and gpt2es only loads plain tensors and data"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"cannot read {path}: the file is truncated or corrupt ({reason[:120]})"
+            f"cannot read {path}: the file is truncated or corrupt ({first_line(e, 120)})"
         ) from None

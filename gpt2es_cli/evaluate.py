@@ -7,6 +7,9 @@ once, with at least `n_positions - stride` tokens of context (except at the very
 
 Bits per byte = total loss in bits / UTF-8 bytes of the scored text: unlike perplexity it does
 not depend on the tokenizer, so it compares models with different vocabularies.
+
+`EvalText` is the text to score (a dataset split or text files), handed to each model in its
+own tokenizer's ids; `evaluate_ids` scores one model on it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gpt2es_cli.data.dataset import PreparedDataset
 from gpt2es_cli.errors import DataError
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import Tokenizer
@@ -89,7 +93,12 @@ def evaluate_ids(
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
-    """Score token ids (1-D) with a sliding window. `progress(done, total)` counts tokens scored."""
+    """Score token ids (1-D) with a sliding window. `progress(done, total)` counts tokens scored.
+
+    The model may compute in any dtype (cast, quantized or under `autocast`): the cross-entropy
+    is always taken in float32 over float32 logits, so low-precision weights do not also lose
+    precision in the loss.
+    """
     context = model.config.n_positions
     stride = context // 2 if stride is None else stride
     if not 1 <= stride <= context:
@@ -118,6 +127,7 @@ def evaluate_ids(
         mask = mask.to(device)
         with autocast():
             logits = model(tokens[:, :-1])  # (B, window, V)
+        # float32 logits: bf16 log-softmax over a large vocabulary would round the loss.
         nll = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
         total_nll += float(nll.view(len(batch), window)[mask].sum())
         scored += int(mask.sum())
@@ -186,3 +196,64 @@ def split_documents(tokenizer: Tokenizer, ids: np.ndarray) -> list[str]:
             docs.append(tokenizer.decode(ids[start:end].tolist()))
         start = end + 1
     return docs
+
+
+class EvalText:
+    """The text `eval` scores, given to each model in its own tokenizer's ids.
+
+    From a dataset split the ids are used as they are for a model with the dataset's tokenizer,
+    and decoded back into documents and re-tokenized for any other; from text files the
+    documents are tokenized for each model. Either way at most `max_tokens` tokens are scored.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        *,
+        ids: np.ndarray | None = None,
+        tokenizer: Tokenizer | None = None,
+        texts: list[str] | None = None,
+        max_tokens: int | None = None,
+    ):
+        if max_tokens is not None and max_tokens < 2:
+            raise DataError(f"--max-tokens must be at least 2 (got {max_tokens})")
+        if (ids is None) != (tokenizer is None) or (ids is None and texts is None):
+            raise ValueError("EvalText needs ids with their tokenizer, or texts")
+        self.label = label
+        """What is scored, in words: 'data/demo (val)', or the text path."""
+        self.max_tokens = max_tokens
+        self.texts = texts
+        self.ids = None if ids is None else np.asarray(ids[:max_tokens] if max_tokens else ids)
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_dataset(cls, path: str | Path, split: str = "val", max_tokens: int | None = None) -> EvalText:
+        """A split (train or val) of a prepared dataset."""
+        dataset = PreparedDataset.open(path)
+        if split not in ("train", "val"):
+            raise DataError(f"--split must be train or val (got {split!r})")
+        return cls(f"{path} ({split})", ids=dataset.tokens(split), tokenizer=dataset.tokenizer(), max_tokens=max_tokens)
+
+    @classmethod
+    def from_files(cls, path: str | Path, max_tokens: int | None = None) -> EvalText:
+        """A UTF-8 text file, or every text file under a directory (see `read_texts`)."""
+        return cls(str(path), texts=read_texts(path), max_tokens=max_tokens)
+
+    @classmethod
+    def open(
+        cls, data: str | Path | None, text: str | Path | None, split: str = "val", max_tokens: int | None = None
+    ) -> EvalText:
+        """From exactly one of a dataset directory (`data`, with `split`) or text files (`text`)."""
+        if (data is None) == (text is None):
+            raise DataError("give exactly one of --data DATA_DIR (a prepared dataset) or --text FILE_OR_DIR")
+        if data is not None:
+            return cls.from_dataset(data, split, max_tokens)
+        return cls.from_files(text, max_tokens)
+
+    def ids_for(self, tokenizer: Tokenizer) -> np.ndarray:
+        """The text in `tokenizer`'s ids (re-tokenized when it is not the dataset's tokenizer)."""
+        if self.ids is not None and self.tokenizer.to_json() == tokenizer.to_json():
+            return self.ids
+        if self.texts is None:
+            self.texts = split_documents(self.tokenizer, self.ids)
+        return encode_documents(tokenizer, self.texts, self.max_tokens)

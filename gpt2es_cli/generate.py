@@ -210,9 +210,11 @@ def generate(
     eos_id: int,
     num_samples: int = 1,
     use_cache: bool = True,
+    autocast: contextlib.AbstractContextManager | None = None,
 ) -> list[list[int]]:
-    """Run a Generation to the end; return each sample's new token ids."""
-    gen = Generation(model, prompt_ids, config, eos_id, num_samples=num_samples, use_cache=use_cache)
+    """Run a Generation to the end; return each sample's new token ids (see `Generation`)."""
+    gen = Generation(model, prompt_ids, config, eos_id, num_samples=num_samples, use_cache=use_cache,
+                     autocast=autocast)
     for _ in gen:
         pass
     return gen.samples

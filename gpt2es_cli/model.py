@@ -148,7 +148,7 @@ class GPT2(nn.Module):
         `last_only` returns the logits of the last position only (B, 1, vocab_size): generation
         needs no others, and it spares the output head (the largest matrix) for the prompt.
         """
-        B, T = idx.size()
+        T = idx.size(1)  # idx: (B, T)
         past = cache.length if cache is not None else 0
         if past + T > self.config.n_positions:
             raise ValueError(
@@ -173,9 +173,9 @@ class GPT2(nn.Module):
         """Parameter count, the tied output projection counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def parameter_groups(self) -> dict[str, int]:
+    def parameter_counts(self) -> dict[str, int]:
         """Parameter counts per component: embeddings, attention, feed-forward, norms."""
-        return parameter_groups((name, p.numel()) for name, p in self.named_parameters())
+        return parameter_counts((name, p.numel()) for name, p in self.named_parameters())
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), as in the PaLM appendix: 6N + 12 L T C."""
@@ -184,7 +184,7 @@ class GPT2(nn.Module):
         return 6 * n + 12 * self.config.n_layer * T * self.config.n_embd
 
 
-def parameter_groups(sizes: Iterable[tuple[str, int]]) -> dict[str, int]:
+def parameter_counts(sizes: Iterable[tuple[str, int]]) -> dict[str, int]:
     """Group (name, numel) pairs of a GPT2 state dict into embeddings, attention, feed-forward
     and norms. The tied `lm_head.weight` is the token embedding, so it is not counted again."""
     groups = {"embeddings": 0, "attention": 0, "feed_forward": 0, "norms": 0}

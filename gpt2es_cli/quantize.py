@@ -98,7 +98,8 @@ def quantize_int8(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.M
 def prepare_for_inference(model: nn.Module, dtype: torch.dtype, quantize: str | None = None) -> nn.Module:
     """A float32 model made ready for generation or evaluation: weights cast to `dtype` (so no
     float32 weight is read again, unlike autocast), Linears quantized first when `quantize` is
-    'int8'. In place, in eval mode; returns the model. Pick `dtype` with `select_inference_dtype`.
+    'int8'. In place, in eval mode; returns the model. `inference.load_model` picks `dtype` (with
+    `select_inference_dtype`) and calls this.
     """
     quantize = check_quantize(quantize or "none")
     if quantize == "int8":

@@ -263,8 +263,8 @@ def load_config_file(path: str | Path, section: str = "train") -> dict[str, Any]
     """
     path = Path(path)
     if not path.is_file():
-        what = "a directory" if path.is_dir() else "not there"
-        raise ConfigError(f"config file {path} is {what}: pass a .toml or .yaml file")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {path} {what}: pass a .toml or .yaml file")
     suffix = path.suffix.lower()
     try:
         text = path.read_text(encoding="utf-8")

@@ -6,13 +6,13 @@ string: that string travels inside every checkpoint and prepared dataset.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from gpt2es_cli.errors import TokenizerError
+from gpt2es_cli.errors import TokenizerError, first_line
 
 EOS_TOKEN = "<|endoftext|>"
 GPT2_HUB_ID = "openai-community/gpt2"
@@ -35,7 +35,7 @@ class Tokenizer:
         try:
             return cls(HFTokenizer.from_str(text))
         except Exception as e:  # the tokenizers library raises plain Exceptions
-            raise TokenizerError(f"cannot read tokenizer JSON: {e}") from None
+            raise TokenizerError(f"cannot read tokenizer JSON: {first_line(e)}") from None
 
     @classmethod
     def from_path(cls, path: str | Path) -> Tokenizer:
@@ -63,23 +63,22 @@ class Tokenizer:
         """GPT-2's byte-level BPE from its original `vocab.json` and `merges.txt`."""
         try:
             bpe = models.BPE.from_file(str(vocab), str(merges))
-        except Exception as e:
-            raise TokenizerError(f"cannot read {vocab} / {merges}: {e}") from None
+        except Exception as e:  # the tokenizers library raises plain Exceptions
+            raise TokenizerError(f"cannot read {vocab} / {merges}: {first_line(e)}") from None
         backend = HFTokenizer(bpe)
         _byte_level(backend)
         backend.add_special_tokens([EOS_TOKEN])  # GPT-2's vocab has it (50256): mark it special
         return cls(backend)
 
     @classmethod
-    def gpt2(cls, path: str | Path | None = None) -> Tokenizer:
-        """The original GPT-2 tokenizer: from a local path if given, else from the Hub (cached)."""
-        if path is not None:
-            return cls.from_path(path)
+    def gpt2(cls) -> Tokenizer:
+        """The original GPT-2 tokenizer, from the Hugging Face Hub (cached); a local copy loads
+        with `from_path`."""
         try:
             from huggingface_hub import hf_hub_download
 
             file = hf_hub_download(GPT2_HUB_ID, "tokenizer.json")
-        except Exception as e:
+        except Exception as e:  # network, cache and Hub errors alike: one message
             raise TokenizerError(
                 f"cannot fetch the GPT-2 tokenizer from the Hugging Face Hub ({type(e).__name__}): "
                 "pass a local directory with tokenizer.json or vocab.json + merges.txt"
@@ -170,7 +169,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(b)
             chars.append(256 + n)
             n += 1
-    return dict(zip(printable, map(chr, chars)))
+    return dict(zip(printable, map(chr, chars), strict=True))
 
 
 _UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
@@ -211,14 +210,3 @@ class StreamDecoder:
         self.pending = []
         return text
 
-
-def stream_decode(tokenizer: Tokenizer, ids: Iterable[int]) -> Iterator[str]:
-    """Decode ids one at a time, yielding pieces of text as they complete (see StreamDecoder)."""
-    decoder = StreamDecoder(tokenizer)
-    for i in ids:
-        text = decoder.push(i)
-        if text:
-            yield text
-    text = decoder.flush()
-    if text:
-        yield text

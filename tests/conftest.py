@@ -43,7 +43,7 @@ def make_dataset(path, tokenizer, texts, repeats=40, val_repeats=2):
         for split, n in (("train", repeats), ("val", val_repeats)):
             for _ in range(n):
                 for text in texts:
-                    writer.write_document(split, tokenizer.encode(text), len(text.encode()))
+                    writer.write(split, [*tokenizer.encode(text), tokenizer.eos_id], 1, len(text.encode()))
         writer.finish({"source": "test"})
     return path
 

@@ -1,5 +1,7 @@
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -39,10 +41,6 @@ def test_round_trip_with_training_state(tmp_path, tiny_model, tiny_config, tiny_
     torch.testing.assert_close(model(idx), tiny_model(idx))
     opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
     opt2.load_state_dict(ck.training["optimizer"])
-    # A run directory resolves to best.pth, else last.pth.
-    assert load_checkpoint(tmp_path / "run").path.name == "last.pth"
-    save_model(tmp_path / "run" / "best.pth", tiny_model, tiny_config, tiny_tokenizer)
-    assert load_checkpoint(tmp_path / "run").path.name == "best.pth"
 
 
 def test_compiled_and_ddp_prefixes_are_stripped(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
@@ -113,8 +111,8 @@ def test_clear_errors(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
     with pytest.raises(CheckpointError, match="newer gpt2es.*upgrade"):
         load_checkpoint(tmp_path / "newer.pth")
     (tmp_path / "emptydir").mkdir()
-    with pytest.raises(CheckpointError, match="directory with no checkpoint"):
-        load_checkpoint(tmp_path / "emptydir")
+    with pytest.raises(CheckpointError, match="is a directory, not a gpt2es checkpoint file"):
+        load_checkpoint(tmp_path / "emptydir")  # run and HF directories: artifacts.open_checkpoint
     no_tok = tmp_path / "notok.pth"
     save_model(no_tok, tiny_model, tiny_config, None)
     with pytest.raises(CheckpointError, match="carries no tokenizer"):
@@ -122,7 +120,7 @@ def test_clear_errors(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
 
 
 def test_pickle_error_type_is_what_weights_only_raises(tmp_path):
-    # Guard for the except clause in _safe_torch_load: torch still raises UnpicklingError.
+    # Guard for the except clause in safe_torch_load: torch still raises UnpicklingError.
     torch.save({"x": _Payload(tmp_path / "m")}, tmp_path / "e.pth")
     with pytest.raises(pickle.UnpicklingError):
         torch.load(tmp_path / "e.pth", weights_only=True)
@@ -141,3 +139,20 @@ def test_files_are_readable_like_any_other(tmp_path, tiny_model, tiny_config, ti
     path = tmp_path / "c.pth"
     save_model(path, tiny_model, tiny_config, tiny_tokenizer)
     assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
+def test_trained_on_reads_both_records(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
+    last = tmp_path / "last.pth"
+    save_model(last, tiny_model, tiny_config, tiny_tokenizer, training={"dataset": {"path": "data/a", "train_sha256": "x"}})
+    best = tmp_path / "best.pth"
+    save_model(best, tiny_model, tiny_config, tiny_tokenizer, extra={"dataset": "data/b"})
+    assert load_checkpoint(last).trained_on == "data/a"
+    assert load_checkpoint(best).trained_on == "data/b"
+    assert Checkpoint(tiny_config, {}).trained_on is None
+
+
+def test_the_checkpoint_format_stands_alone():
+    """checkpoint.py is below hf.py and artifacts.py: importing it imports neither."""
+    code = "import sys, gpt2es_cli.checkpoint; print(sorted(m for m in sys.modules if m in ('gpt2es_cli.hf', 'gpt2es_cli.artifacts')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

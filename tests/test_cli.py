@@ -24,7 +24,7 @@ def test_version_and_help():
 
 
 def test_usage_error_exits_2():
-    assert invoke("sample").exit_code == 2
+    assert invoke("sample", "--max-new-tokens", "x").exit_code == 2
     assert invoke("sample", "x.pth", "--num-samples", "many").exit_code == 2
 
 

@@ -12,7 +12,7 @@ from gpt2es_cli.cli import app
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.data.dataset import DatasetWriter
 from gpt2es_cli.errors import DataError
-from gpt2es_cli.evaluate import evaluate_ids, window_starts
+from gpt2es_cli.evaluate import EvalText, evaluate_ids, window_starts
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import Tokenizer
 
@@ -65,7 +65,7 @@ def test_short_text_is_one_window(tiny_model, tiny_tokenizer, ids):
 def test_loss_equals_transformers_on_the_export(tmp_path, tiny_checkpoint, tiny_tokenizer, ids):
     from transformers import AutoModelForCausalLM
 
-    from gpt2es_cli.export import export_hf
+    from gpt2es_cli.hf import export_hf
 
     ckpt = load_checkpoint(tiny_checkpoint)
     out = export_hf(ckpt, tmp_path / "hf")
@@ -89,7 +89,8 @@ def dataset(tmp_path, tiny_tokenizer):
     out = tmp_path / "data"
     with DatasetWriter(out, tiny_tokenizer) as w:
         for i, doc in enumerate(TEXT.split(". ")):
-            w.write_document("val" if i % 2 else "train", tiny_tokenizer.encode(doc), len(doc.encode()))
+            ids = [*tiny_tokenizer.encode(doc), tiny_tokenizer.eos_id]  # each document ends in <|endoftext|>
+            w.write("val" if i % 2 else "train", ids, nbytes=len(doc.encode()))
         w.finish()
     return out
 
@@ -127,7 +128,12 @@ def test_cli_bad_input(tmp_path, tiny_checkpoint, tiny_model, tiny_config):
     good = tmp_path / "good.txt"
     good.write_text(TEXT)
     cases = [
-        ([str(tiny_checkpoint)], "give exactly one of --data"),
+        ([str(tiny_checkpoint)], "does not record the dataset it was trained on: pass --data"),
+        ([str(tiny_checkpoint), "--data", str(tmp_path), "--text", str(good)], "give exactly one of --data"),
+        ([str(tiny_checkpoint), "--text", str(good), "--max-tokens", "1"], "--max-tokens must be at least 2"),
+        ([str(tiny_checkpoint), "--text", str(good), "--dtype", "float64"], "unknown dtype 'float64'"),
+        ([str(tiny_checkpoint), "--text", str(good), "--quantize", "int4"], "unknown quantization 'int4'"),
+        ([str(tiny_checkpoint), "--text", str(good), "--amp", "--dtype", "fp32"], "--amp is short for --dtype auto"),
         ([str(tiny_checkpoint), "--text", str(empty)], "is empty"),
         ([str(tiny_checkpoint), "--text", str(one)], "too short"),
         ([str(tiny_checkpoint), "--text", str(latin)], "not UTF-8"),
@@ -139,3 +145,129 @@ def test_cli_bad_input(tmp_path, tiny_checkpoint, tiny_model, tiny_config):
         r = runner.invoke(app, ["eval", *args])
         assert r.exit_code == 1, (args, r.output)
         assert message in r.stderr and "Traceback" not in r.output, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+# --- EvalText: the text to score, in each model's ids -------------------------------------------
+def test_eval_text_from_a_dataset_keeps_or_retokenizes_ids(dataset, tiny_tokenizer):
+    source = EvalText.from_dataset(dataset, "val")
+    assert source.label == f"{dataset} (val)"
+    from gpt2es_cli.data.dataset import PreparedDataset
+
+    val = np.asarray(PreparedDataset.open(dataset).tokens("val"))
+    assert np.array_equal(source.ids_for(tiny_tokenizer), val)  # the dataset's tokenizer: as is
+    other = Tokenizer.train([TEXT], vocab_size=300, min_frequency=1)
+    again = source.ids_for(other)
+    assert other.decode(again.tolist()) == tiny_tokenizer.decode(val.tolist())
+    assert len(EvalText.from_dataset(dataset, "train", max_tokens=10).ids_for(tiny_tokenizer)) == 10
+    with pytest.raises(DataError, match="--split must be train or val"):
+        EvalText.from_dataset(dataset, "test")
+
+
+def test_eval_text_from_files(tmp_path, tiny_tokenizer):
+    (tmp_path / "a.txt").write_text(TEXT)
+    source = EvalText.open(None, tmp_path / "a.txt", max_tokens=20)
+    ids = source.ids_for(tiny_tokenizer)
+    assert source.label == str(tmp_path / "a.txt") and len(ids) == 20
+    with pytest.raises(DataError, match="give exactly one of"):
+        EvalText.open(None, None)
+
+
+# --- precision: one loader, float32 loss --------------------------------------------------------
+def test_cross_entropy_is_float32_with_bfloat16_weights(tiny_model, tiny_tokenizer, ids):
+    import copy
+
+    half = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    r = evaluate_ids(half, ids[:30], tiny_tokenizer)
+    x = torch.as_tensor(ids[:30])[None]
+    with torch.no_grad():
+        exact = F.cross_entropy(half(x[:, :-1])[0].float(), x[0, 1:], reduction="mean").item()
+        rounded = F.cross_entropy(half(x[:, :-1])[0], x[0, 1:], reduction="mean").float().item()
+    assert r.loss == pytest.approx(exact, rel=1e-5)
+    assert math.isfinite(r.loss) and (rounded == exact or r.loss != pytest.approx(rounded, rel=1e-7))
+
+
+@pytest.mark.parametrize(
+    ("options", "precision"),
+    [
+        (("--dtype", "bfloat16"), "bfloat16"),
+        (("--dtype", "bf16"), "bfloat16"),
+        (("--quantize", "int8"), "bfloat16 int8"),
+    ],
+)
+def test_cli_dtype_and_quantize_stay_close_to_float32(dataset, tiny_checkpoint, options, precision):
+    base = ["eval", str(tiny_checkpoint), "--data", str(dataset), "--json"]
+    exact = runner.invoke(app, base)
+    assert exact.exit_code == 0, exact.output
+    assert json.loads(exact.stdout)["precision"] == "float32"  # the default: exact scores
+    r = runner.invoke(app, [*base, *options])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["precision"] == precision
+    loss, ref = data["results"][0]["loss"], json.loads(exact.stdout)["results"][0]["loss"]
+    assert math.isfinite(loss) and loss == pytest.approx(ref, rel=0.02)
+
+
+def test_cli_amp_is_dtype_auto(dataset, tiny_checkpoint):
+    from gpt2es_cli.device import dtype_name, select_inference_dtype
+
+    auto = dtype_name(select_inference_dtype(torch.device("cpu"), "auto"))
+    for options in (("--amp",), ("--dtype", "auto"), ("--amp", "--dtype", "auto")):
+        r = runner.invoke(app, ["eval", str(tiny_checkpoint), "--data", str(dataset), "--json", "--device", "cpu", *options])
+        assert r.exit_code == 0, (options, r.output)
+        assert json.loads(r.stdout)["precision"] == auto
+
+
+# --- no --data or --text: the dataset the checkpoint was trained on -----------------------------
+def _run_checkpoints(run, dataset, model, config, tokenizer, *, best=True, last=True):
+    run.mkdir(parents=True, exist_ok=True)
+    if last:
+        save_model(run / "last.pth", model, config, tokenizer,
+                   training={"step": 1, "dataset": {"path": str(dataset), "train_sha256": "x"}})
+    if best:
+        save_model(run / "best.pth", model, config, tokenizer, extra={"dataset": str(dataset)})
+
+
+@pytest.mark.parametrize("which", ["best.pth", "last.pth"])
+def test_cli_eval_uses_the_recorded_dataset(tmp_path, monkeypatch, dataset, tiny_model, tiny_config, tiny_tokenizer, which):
+    monkeypatch.chdir(tmp_path)
+    _run_checkpoints(tmp_path / "runs" / "demo", "data", tiny_model, tiny_config, tiny_tokenizer,
+                     best=which == "best.pth", last=which == "last.pth")
+    ckpt = f"runs/demo/{which}"
+    r = runner.invoke(app, ["eval", ckpt, "--json"])
+    assert r.exit_code == 0, r.output
+    assert f"evaluating on data (val), the dataset {ckpt} was trained on" in r.stderr
+    assert json.loads(r.stdout)["text"] == "data (val)"
+    explicit = runner.invoke(app, ["eval", ckpt, "--data", "data", "--json"])
+    assert json.loads(explicit.stdout)["results"] == [
+        {**res, "seconds": e["seconds"], "tokens_per_second": e["tokens_per_second"]}
+        for res, e in zip(json.loads(r.stdout)["results"], json.loads(explicit.stdout)["results"], strict=True)
+    ]
+    # --split applies to the recorded dataset too.
+    r = runner.invoke(app, ["eval", ckpt, "--split", "train", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["text"] == "data (train)"
+
+
+def test_cli_eval_with_nothing_given_uses_the_newest_run_and_its_dataset(tmp_path, monkeypatch, dataset, tiny_model, tiny_config, tiny_tokenizer):
+    monkeypatch.chdir(tmp_path)
+    _run_checkpoints(tmp_path / "runs" / "demo", "data", tiny_model, tiny_config, tiny_tokenizer)
+    r = runner.invoke(app, ["eval", "--max-tokens", "50"])
+    assert r.exit_code == 0, r.output
+    assert "using runs/demo/best.pth (the newest run under runs/)" in r.stderr
+    assert "evaluating on data (val), the dataset runs/demo/best.pth was trained on" in r.stderr
+    assert "bits/byte" in r.stdout
+
+
+def test_cli_eval_fails_in_one_line_when_the_recorded_dataset_is_gone(tmp_path, monkeypatch, tiny_model, tiny_config, tiny_tokenizer):
+    monkeypatch.chdir(tmp_path)
+    _run_checkpoints(tmp_path / "runs" / "demo", "data/gone", tiny_model, tiny_config, tiny_tokenizer)
+    (tmp_path / "notdata").mkdir()
+    _run_checkpoints(tmp_path / "runs" / "moved", "notdata", tiny_model, tiny_config, tiny_tokenizer)
+    for ckpt, message in (
+        ("runs/demo/best.pth", "was trained on data/gone, which is no longer there: pass --data DATA_DIR or --text"),
+        ("runs/moved", "was trained on notdata, which is no longer a prepared dataset"),
+    ):
+        r = runner.invoke(app, ["eval", ckpt])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output

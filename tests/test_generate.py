@@ -138,3 +138,25 @@ def test_invalid_settings_listed_together(model):
         assert part in str(e.value)
     with pytest.raises(GenerationError, match="number of samples"):
         Generation(model, [1], GREEDY, eos_id=0, num_samples=0)
+
+
+class CountingAutocast:
+    """A stand-in autocast context that counts how often it is entered."""
+
+    def __init__(self):
+        self.entered = 0
+
+    def __enter__(self):
+        self.entered += 1
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_generate_runs_each_step_under_the_given_autocast(model):
+    autocast = CountingAutocast()
+    out = generate(model, [5, 17], GREEDY, eos_id=0, autocast=autocast)
+    assert autocast.entered == GREEDY.max_new_tokens  # one forward per new token, each inside it
+    assert out == generate(model, [5, 17], GREEDY, eos_id=0)
+    bf16 = generate(model, [5, 17], GREEDY, eos_id=0, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+    assert len(bf16[0]) == GREEDY.max_new_tokens

@@ -78,8 +78,8 @@ def test_tokenizer_view_shows_bytes_of_split_characters(gpt2_tokenizer_dir):
 def test_tokenizer_view_of_a_dataset(tmp_path, tiny_tokenizer):
     out = tmp_path / "data"
     with DatasetWriter(out, tiny_tokenizer) as w:
-        w.write_document("train", tiny_tokenizer.encode("hola"), 4)
-        w.write_document("val", tiny_tokenizer.encode("adiós"), 6)
+        w.write("train", [*tiny_tokenizer.encode("hola"), tiny_tokenizer.eos_id], nbytes=4)
+        w.write("val", [*tiny_tokenizer.encode("adiós"), tiny_tokenizer.eos_id], nbytes=6)
         w.finish()
     r = runner.invoke(app, ["inspect", "--tokenizer", str(out), "--text", "El niño", "--json"])
     assert r.exit_code == 0, r.output
@@ -89,3 +89,40 @@ def test_tokenizer_view_of_a_dataset(tmp_path, tiny_tokenizer):
 def test_missing_target(tmp_path):
     r = runner.invoke(app, ["inspect", str(tmp_path / "nothing")])
     assert r.exit_code == 1 and "does not exist" in r.stderr
+
+
+def _dataset(path, tok):
+    with DatasetWriter(path, tok) as w:
+        for split, text in (("train", "Había una vez un niño. " * 20), ("val", "El niño leyó un libro. " * 5)):
+            w.write(split, [*tok.encode(text), tok.eos_id], nbytes=len(text.encode()))
+        w.finish()
+    return path
+
+
+def test_verify_a_dataset(tmp_path, tiny_tokenizer):
+    data = _dataset(tmp_path / "data", tiny_tokenizer)
+    r = runner.invoke(app, ["inspect", str(data), "--verify"])
+    assert r.exit_code == 0, r.output
+    assert "checksums" in r.stdout and "ok" in r.stdout
+    r = runner.invoke(app, ["inspect", str(data), "--verify", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["bad_checksums"] == []
+    assert json.loads(runner.invoke(app, ["inspect", str(data), "--json"]).stdout)["bad_checksums"] is None
+
+
+def test_verify_a_damaged_dataset_fails_in_one_line(tmp_path, tiny_tokenizer):
+    data = _dataset(tmp_path / "data", tiny_tokenizer)
+    raw = bytearray((data / "val.bin").read_bytes())
+    raw[0] ^= 1  # same size, another token id: only the checksum tells
+    (data / "val.bin").write_bytes(bytes(raw))
+    assert runner.invoke(app, ["inspect", str(data)]).exit_code == 0  # not verified: not noticed
+    for extra in ([], ["--json"]):
+        r = runner.invoke(app, ["inspect", str(data), "--verify", *extra])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "is damaged: the checksums of val.bin differ from meta.json" in r.stderr
+    assert "MISMATCH: val" in runner.invoke(app, ["inspect", str(data), "--verify"]).stdout
+
+
+def test_verify_is_for_datasets(tiny_checkpoint):
+    r = runner.invoke(app, ["inspect", str(tiny_checkpoint), "--verify"])
+    assert r.exit_code == 1 and "--verify checks a prepared dataset" in r.stderr

@@ -17,7 +17,7 @@ def test_logits_shape_and_tied_projection(model):
     idx = torch.randint(0, 300, (3, 17))
     assert model(idx).shape == (3, 17, 300)
     assert model.lm_head.weight is model.wte.weight
-    assert model.num_parameters() == sum(model.parameter_groups().values())
+    assert model.num_parameters() == sum(model.parameter_counts().values())
 
 
 def test_gpt2_initialisation():

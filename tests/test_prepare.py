@@ -8,9 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gpt2es_cli.cli import app
+from gpt2es_cli.config import PrepareConfig
 from gpt2es_cli.data.clean import normalize
 from gpt2es_cli.data.dataset import PreparedDataset
-from gpt2es_cli.config import PrepareConfig
 from gpt2es_cli.data.prepare import prepare
 from gpt2es_cli.data.sources import Source, resolve_source
 from gpt2es_cli.errors import ConfigError, DataError, TokenizerError

@@ -1,7 +1,7 @@
 import pytest
 
 from gpt2es_cli.errors import TokenizerError
-from gpt2es_cli.tokenizer import EOS_TOKEN, StreamDecoder, Tokenizer, stream_decode
+from gpt2es_cli.tokenizer import EOS_TOKEN, StreamDecoder, Tokenizer
 
 SPANISH = "¿Dónde está el niño? ¡Había una vez una cigüeña en Logroño! Año, pingüino, acción."
 
@@ -27,15 +27,26 @@ def test_gpt2_from_vocab_and_merges_gives_known_ids(gpt2_tokenizer_dir):
     assert tok.decode(tok.encode(SPANISH)) == SPANISH
 
 
-def test_stream_decode_never_splits_characters(gpt2_tokenizer_dir):
+def test_stream_decoder_never_splits_characters(gpt2_tokenizer_dir):
     tok = Tokenizer.from_path(gpt2_tokenizer_dir)
     ids = tok.encode(SPANISH)
-    pieces = list(stream_decode(tok, ids))
+    decoder = StreamDecoder(tok)
+    pushed = [decoder.push(i) for i in ids]
+    pieces = [*pushed, decoder.flush()]
     assert "".join(pieces) == SPANISH
     assert all("\ufffd" not in p for p in pieces)
     # GPT-2 splits 'ñ', '¿' and 'ü' into byte tokens: some pushes must have been held back.
+    assert "" in pushed
+    assert decoder.flush() == ""  # nothing left after a flush
+
+
+def test_stream_decoder_flushes_an_unfinished_character(gpt2_tokenizer_dir):
+    tok = Tokenizer.from_path(gpt2_tokenizer_dir)
+    ids = tok.encode("¿")
+    assert len(ids) == 2  # two byte tokens
     decoder = StreamDecoder(tok)
-    assert "" in [decoder.push(i) for i in ids]
+    assert decoder.push(ids[0]) == ""
+    assert decoder.flush() == tok.decode(ids[:1])  # the held-back byte, as the tokenizer decodes it
 
 
 def test_errors(tmp_path):

@@ -15,15 +15,16 @@ from typer.testing import CliRunner
 
 from gpt2es_cli.checkpoint import load_checkpoint, save_model
 from gpt2es_cli.cli import app
-from gpt2es_cli.config import ModelConfig, TrainConfig, load_config_file, parse_duration
+from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.errors import ConfigError
 from gpt2es_cli.model import GPT2
+from gpt2es_cli.settings import load_config_file, parse_duration
 from gpt2es_cli.tokenizer import Tokenizer
 from gpt2es_cli.training import (
-    EvalReport,
     Recovery,
     StepReport,
     TrainStart,
+    ValidationDone,
     plan_run,
     train,
 )
@@ -118,20 +119,27 @@ def test_train_config_reports_every_problem_at_once():
     with pytest.raises(ConfigError) as e:
         TrainConfig(batch_size=0, lr=-1.0, schedule="zigzag", preset="huge", min_lr=None, beta2=1.5).validate()
     message = str(e.value)
-    for word in ("batch_size", "lr must be positive", "schedule", "preset", "beta2"):
+    for word in ("--batch-size must be >= 1", "--lr must be > 0", "--schedule must be one of", "--preset", "--beta2"):
         assert word in message
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(lr=float("nan"), grad_clip=float("inf"), max_time=float("nan"), weight_decay=-0.0 - 1).validate()
+    for word in ("--lr must be a finite number", "--grad-clip must be a finite", "--max-time must be a finite",
+                 "--weight-decay must be >= 0"):
+        assert word in str(e.value)
 
 
 def test_config_files_toml_and_yaml_and_unknown_keys(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('preset = "tiny"\nmax-steps = 30\nlr = 1\nmax_time = "1h30m"\n', encoding="utf-8")
+    toml.write_text('preset = "tiny"\nmax_steps = 30\nlr = 1\nmax_time = "1h30m"\n', encoding="utf-8")
     config = TrainConfig.from_dict(load_config_file(toml))
     assert (config.preset, config.max_steps, config.lr, config.max_time) == ("tiny", 30, 1.0, 5400.0)
     yaml_file = tmp_path / "run.yaml"
     yaml_file.write_text("train:\n  batch_size: 2\n  schedule: wsd\n", encoding="utf-8")
     assert TrainConfig.from_dict(load_config_file(yaml_file)).schedule == "wsd"
-    with pytest.raises(ConfigError, match="unknown training setting.*bach_size"):
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) bach_size \(did you mean batch_size\?\); the settings are: data, out"):
         TrainConfig.from_dict({"bach_size": 2})
+    with pytest.raises(ConfigError, match="max-steps .did you mean max_steps"):
+        TrainConfig.from_dict({"max-steps": 2})
     bad = tmp_path / "bad.toml"
     bad.write_text("preset = \n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -149,14 +157,14 @@ def test_parse_duration():
 
 def test_train_writes_a_complete_run(dataset, tmp_path, tiny_tokenizer):
     events = []
-    summary = train(tiny_run(dataset, tmp_path / "run", max_steps=20), callback=events.append)
+    summary = train(tiny_run(dataset, tmp_path / "run", max_steps=20), subscribers=[events.append])
     run = tmp_path / "run"
     assert summary.stop_reason == "max_steps" and summary.step == 20
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "last.pth", "best.pth"):
         assert (run / name).is_file(), name
     assert isinstance(events[0], TrainStart)
     steps = [e for e in events if isinstance(e, StepReport)]
-    evals = [e for e in events if isinstance(e, EvalReport)]
+    evals = [e for e in events if isinstance(e, ValidationDone)]
     assert [e.step for e in steps] == list(range(1, 21))
     assert [e.step for e in evals] == [4, 8, 12, 16, 20]
     assert evals[0].sample.startswith("Había una vez")
@@ -196,7 +204,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(dataset, tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     cut = tmp_path / "cut"
-    stopped = train(replace(config, out=str(cut)), callback=ctrl_c_at_step_4)
+    stopped = train(replace(config, out=str(cut)), subscribers=[ctrl_c_at_step_4])
     assert stopped.stop_reason == "interrupted" and stopped.step == 5  # the step in flight completes
     result = runner.invoke(app, ["train", "--resume", str(cut)])
     assert result.exit_code == 0, result.output
@@ -237,7 +245,7 @@ def test_a_nan_rolls_back_lowers_the_lr_and_training_goes_on(dataset, tmp_path, 
     nan_at(lambda n: n == 6)
     events = []
     summary = train(tiny_run(dataset, tmp_path / "run", max_steps=10, schedule="constant", warmup_steps=0,
-                             save_interval=4), callback=events.append)
+                             save_interval=4), subscribers=[events.append])
     recoveries = [e for e in events if isinstance(e, Recovery)]
     assert len(recoveries) == 1 and recoveries[0].step == 6 and recoveries[0].restored_step == 4
     assert summary.stop_reason == "max_steps" and summary.step == 10 and summary.recoveries == 1
@@ -304,9 +312,9 @@ def test_cli_refuses_to_overwrite_a_run_unless_forced(dataset, tmp_path):
     ("extra", "message"),
     [
         (["--seq-len", "65"], "longer than the model's context"),
-        (["--batch-size", "4", "--global-batch", "6"], "must be a multiple of batch_size (4), e.g. 4 or 8"),
+        (["--batch-size", "4", "--global-batch", "6"], "must be a multiple of --batch-size (4), e.g. 4 or 8"),
         (["--n-positions", "4096", "--seq-len", "4000"], "fewer than one window"),
-        (["--schedule", "zigzag", "--lr", "-1"], "schedule must be one of"),
+        (["--schedule", "zigzag", "--lr", "-1"], "--schedule must be one of"),
         (["--max-time", "soon"], "invalid duration"),
     ],
 )
@@ -380,7 +388,8 @@ def test_live_display_renders_on_a_terminal(monkeypatch):
     with display:
         display(StepReport(step=5, total_steps=10, loss=3.2, smoothed_loss=3.3, lr=1e-3, grad_norm=0.5,
                            tokens_seen=1000, epoch=0.1, tokens_per_second=1234.0, mfu=0.42, elapsed=3.0, eta=3.0))
-        display(EvalReport(step=5, tokens_seen=1000, val_loss=3.1, val_perplexity=22.2, best=True, sample="Había"))
+        display(ValidationDone(step=5, tokens_seen=1000, val_loss=3.1, val_perplexity=22.2, best=True,
+                               sample="Había", elapsed=3.0))
     text = out.getvalue()
     for piece in ("3.2000", "1,234 tok/s", "mfu 42.0%", "val loss", "22.20", "best", "sample:"):
         assert piece in text, piece

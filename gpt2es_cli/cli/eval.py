@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.progress import (
     BarColumn,
@@ -18,79 +17,65 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from gpt2es_cli.checkpoint import load_checkpoint
+from gpt2es_cli.artifacts import recorded_dataset
 from gpt2es_cli.cli.app import command, console, err_console
-from gpt2es_cli.data.dataset import PreparedDataset
-from gpt2es_cli.device import select_precision
-from gpt2es_cli.errors import DataError
-from gpt2es_cli.evaluate import (
-    EvalResult,
-    encode_documents,
-    evaluate_ids,
-    read_texts,
-    split_documents,
-)
-from gpt2es_cli.tokenizer import Tokenizer
-
-
-class _Source:
-    """The text to score, as ids in the tokenizer it came with (a dataset) or as raw documents."""
-
-    def __init__(self, data: Path | None, text: Path | None, split: str, max_tokens: int | None):
-        if (data is None) == (text is None):
-            raise DataError("give exactly one of --data DATA_DIR (a prepared dataset) or --text FILE_OR_DIR")
-        self.max_tokens = max_tokens
-        self.texts: list[str] | None = None
-        self.ids: np.ndarray | None = None
-        self.tokenizer: Tokenizer | None = None
-        if data is not None:
-            ds = PreparedDataset.open(data)
-            if split not in ("train", "val"):
-                raise DataError(f"--split must be train or val (got {split!r})")
-            ids = ds.tokens(split)
-            self.ids = np.asarray(ids[:max_tokens] if max_tokens else ids)
-            self.tokenizer = ds.tokenizer()
-            self.label = f"{data} ({split})"
-        else:
-            self.texts = read_texts(text)
-            self.label = str(text)
-
-    def ids_for(self, tokenizer: Tokenizer) -> np.ndarray:
-        """The text in `tokenizer`'s ids (re-tokenized when it is not the dataset's tokenizer)."""
-        if self.ids is not None and self.tokenizer.to_json() == tokenizer.to_json():
-            return self.ids
-        if self.texts is None:
-            self.texts = split_documents(self.tokenizer, self.ids)
-        return encode_documents(tokenizer, self.texts, self.max_tokens)
+from gpt2es_cli.cli.sample import CHECKPOINT_HELP, note
+from gpt2es_cli.errors import ConfigError
+from gpt2es_cli.evaluate import EvalResult, EvalText, evaluate_ids
+from gpt2es_cli.inference import load_model
 
 
 @command("eval")
 def evaluate(
     checkpoints: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
-            help="Checkpoints to compare: gpt2es .pth files, run directories or local Hugging Face GPT-2 directories.",
+            metavar="CHECKPOINT",
+            help="Checkpoints to compare (default: the newest run under runs/). Each: " + CHECKPOINT_HELP,
             show_default=False,
         ),
-    ],
-    data: Annotated[Path | None, typer.Option(help="A dataset directory written by `gpt2es prepare`.")] = None,
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="A dataset directory written by `gpt2es prepare` "
+            "(default: the one the first checkpoint was trained on)."
+        ),
+    ] = None,
     text: Annotated[Path | None, typer.Option(help="A UTF-8 text file, or a directory of .txt files.")] = None,
-    split: Annotated[str, typer.Option(help="Which split of --data: val or train.")] = "val",
+    split: Annotated[str, typer.Option(help="Which split of the dataset: val or train.")] = "val",
     stride: Annotated[
         int | None, typer.Option(help="Sliding-window step in tokens (default: half the context).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
     max_tokens: Annotated[int | None, typer.Option(help="Score at most this many tokens.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    amp: Annotated[bool, typer.Option(help="bf16/fp16 autocast where supported.")] = False,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights and activations: float32 (the default: exact scores; bfloat16 with --quantize "
+            "int8), bfloat16, float16 (bf16, fp16, fp32 too) or auto, which is faster: bfloat16 on CUDA "
+            "and on CPUs with native bf16, float32 elsewhere. The loss is taken in float32 either way.",
+            show_default=False,
+        ),
+    ] = None,
+    quantize: Annotated[
+        str, typer.Option(help="none, or int8: int8 weights (per channel, bfloat16 activations).")
+    ] = "none",
+    amp: Annotated[bool, typer.Option(help="Shorthand for --dtype auto.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Validation loss, perplexity and bits per byte; several checkpoints give one table."""
-    if max_tokens is not None and max_tokens < 2:
-        raise DataError(f"--max-tokens must be at least 2 (got {max_tokens})")
-    source = _Source(data, text, split, max_tokens)
-    precision = select_precision(device, amp=amp)
+    """Validation loss, perplexity and bits per byte; several checkpoints give one table.
+
+    With neither --data nor --text, scores the validation split (--split) of the dataset the first checkpoint was trained on.
+    """
+    if amp and dtype not in (None, "auto"):
+        raise ConfigError(f"--amp is short for --dtype auto: drop one of --amp and --dtype {dtype}")
+    if dtype is None:  # exact float32 scores unless asked; int8 weights compute in bfloat16
+        dtype = "auto" if amp or quantize == "int8" else "float32"
+    source = EvalText.open(data, text, split, max_tokens) if data is not None or text is not None else None
     results: list[EvalResult] = []
+    precision = ""
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -99,30 +84,37 @@ def evaluate(
         TimeRemainingColumn(),
         console=err_console,
         transient=True,
-        disable=json_output,
+        disable=json_output or not err_console.is_terminal,
     ) as progress:
-        for path in checkpoints:
-            ckpt = load_checkpoint(path)
-            tokenizer = ckpt.tokenizer()
-            ids = source.ids_for(tokenizer)
-            model = ckpt.build_model(precision.device)
-            task = progress.add_task(f"scoring {path.name}", total=max(len(ids) - 1, 1))
+        for path in checkpoints or [None]:
+            ready = load_model(path, device=device, dtype=dtype, quantize=quantize)
+            if ready.default is not None:
+                note(f"using {ready.default}")
+            name = path if path is not None else ready.checkpoint.path
+            if source is None:
+                dataset = recorded_dataset(ready.checkpoint)
+                source = EvalText.from_dataset(dataset.path, split, max_tokens)
+                note(f"evaluating on {source.label}, {dataset.reason}")
+            ids = source.ids_for(ready.tokenizer)
+            precision = ready.precision
+            task = progress.add_task(f"scoring {name.name}", total=max(len(ids) - 1, 1))
             results.append(
                 evaluate_ids(
-                    model,
+                    ready.model,
                     ids,
-                    tokenizer,
-                    name=str(path),
+                    ready.tokenizer,
+                    name=str(name),
                     stride=stride,
                     batch_size=batch_size,
-                    autocast=precision.autocast,
                     progress=lambda done, total, t=task: progress.update(t, completed=done),
                 )
             )
-            del model
+            del ready
     results.sort(key=lambda r: (math.isnan(r.bits_per_byte), r.bits_per_byte))
     if json_output:
-        console.print_json(json.dumps({"text": source.label, "results": [r.to_dict() for r in results]}))
+        console.print_json(
+            json.dumps({"text": source.label, "precision": precision, "results": [r.to_dict() for r in results]})
+        )
         return
     table = Table(title=f"Evaluation on {source.label}", title_justify="left")
     for col, justify in (
@@ -150,6 +142,6 @@ def evaluate(
     console.print(table)
     r = results[0]
     console.print(
-        f"[dim]context {r.context}, stride {r.stride}; every token scored once; "
+        f"[dim]context {r.context}, stride {r.stride}, {precision}; every token scored once; "
         "bits/byte compares models with different tokenizers.[/]"
     )

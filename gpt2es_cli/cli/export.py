@@ -1,4 +1,4 @@
-"""`gpt2es export`."""
+"""`gpt2es export [CHECKPOINT] OUT_DIR`."""
 
 from __future__ import annotations
 
@@ -9,21 +9,37 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from gpt2es_cli.cli import fmt
 from gpt2es_cli.cli.app import command, console, warn
+from gpt2es_cli.cli.sample import CHECKPOINT_HELP, note
 from gpt2es_cli.config import ModelConfig
 
 
 @command("export")
 def export(
     checkpoint: Annotated[
-        Path, typer.Argument(help="A gpt2es .pth, a run directory, or a Hugging Face GPT-2 directory.")
-    ],
-    out_dir: Annotated[Path, typer.Argument(help="Directory to write the Hugging Face model into.")],
+        Path | None,
+        typer.Argument(
+            metavar="CHECKPOINT",
+            help=CHECKPOINT_HELP + " Leave it out (give OUT_DIR alone) to export the newest run's "
+            "best.pth (else last.pth) under runs/.",
+            show_default=False,
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="OUT_DIR",
+            help="Directory to write the Hugging Face model into (required).",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace OUT_DIR if it holds a previous export.")
     ] = False,
     dtype: Annotated[
-        str, typer.Option("--dtype", help="Weight dtype to write: float32, bfloat16 or float16.")
+        str,
+        typer.Option("--dtype", help="Weight dtype to write: float32, bfloat16 or float16 (bf16, fp16, fp32 too)."),
     ] = "float32",
     tokenizer: Annotated[
         Path | None,
@@ -34,17 +50,29 @@ def export(
         ),
     ] = None,
 ) -> None:
-    """Export a checkpoint as a Hugging Face GPT-2 (transformers' AutoModelForCausalLM)."""
-    from gpt2es_cli.checkpoint import load_checkpoint
-    from gpt2es_cli.export import export_hf
+    """Export a checkpoint as a Hugging Face GPT-2 (transformers' AutoModelForCausalLM).
+
+    `gpt2es export CHECKPOINT OUT_DIR` exports CHECKPOINT into OUT_DIR; `gpt2es export OUT_DIR` exports the newest run's checkpoint under runs/.
+    """
+    from gpt2es_cli.artifacts import checkpoint_or_default, open_checkpoint
+    from gpt2es_cli.device import dtype_name, parse_dtype
+    from gpt2es_cli.hf import export_hf
     from gpt2es_cli.tokenizer import Tokenizer
 
-    ckpt = load_checkpoint(checkpoint)
+    dtype = dtype_name(parse_dtype(dtype))  # bf16 -> bfloat16, checked before any file is read
+    if out_dir is None:  # one positional: it is OUT_DIR
+        checkpoint, out_dir = None, checkpoint
+    if out_dir is None:
+        raise typer.BadParameter("missing: give the directory to export into (export [CHECKPOINT] OUT_DIR)", param_hint="OUT_DIR")
+    path, chosen = checkpoint_or_default(checkpoint)
+    if chosen is not None:
+        note(f"using {chosen}")
+    ckpt = open_checkpoint(path)
     tok = Tokenizer.from_path(tokenizer) if tokenizer is not None else None
     written = export_hf(ckpt, out_dir, force=force, dtype=dtype, tokenizer=tok)
     render(written, dtype, ckpt.model_config)
     if not (written / "tokenizer.json").is_file():
-        warn(f"{checkpoint} carries no tokenizer, so none was exported: pass --tokenizer to add one")
+        warn(f"{path} carries no tokenizer, so none was exported: pass --tokenizer to add one")
 
 
 def render(out_dir: Path, dtype: str, config: ModelConfig) -> None:
@@ -56,8 +84,8 @@ def render(out_dir: Path, dtype: str, config: ModelConfig) -> None:
     for file in sorted(out_dir.iterdir()):
         size = file.stat().st_size
         total += size
-        table.add_row(escape(file.name), _human(size))
-    table.add_row("[bold]total[/]", f"[bold]{_human(total)}[/]")
+        table.add_row(escape(file.name), fmt.size(size))
+    table.add_row("[bold]total[/]", f"[bold]{fmt.size(total)}[/]")
     console.print(table)
     console.print(
         f"GPT2LMHeadModel: {config.n_layer} layers, width {config.n_embd}, {config.n_head} heads, "
@@ -73,12 +101,3 @@ def render(out_dir: Path, dtype: str, config: ModelConfig) -> None:
         ),
         soft_wrap=True,
     )
-
-
-def _human(size: int) -> str:
-    units = ("B", "KB", "MB", "GB", "TB")
-    value, i = float(size), 0
-    while value >= 1024 and i < len(units) - 1:
-        value /= 1024
-        i += 1
-    return f"{size} B" if i == 0 else f"{value:.1f} {units[i]}"

@@ -10,32 +10,18 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from gpt2es_cli.checkpoint import load_checkpoint, load_tokenizer
+from gpt2es_cli.artifacts import checkpoint_or_default, is_dataset, open_checkpoint, open_tokenizer
+from gpt2es_cli.cli import fmt
 from gpt2es_cli.cli.app import command, console
+from gpt2es_cli.cli.sample import note
+from gpt2es_cli.errors import ConfigError, DataError
 from gpt2es_cli.tokenizer import Tokenizer
 
 TARGET_HELP = (
     "A gpt2es checkpoint (.pth), a run directory, a local Hugging Face GPT-2 directory, "
-    "or a dataset directory written by `gpt2es prepare`."
+    "or a dataset directory written by `gpt2es prepare`. Default: the newest run's best.pth "
+    "(else last.pth) under runs/."
 )
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def human_count(n: int) -> str:
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
 
 
 def key_value_table(title: str, rows: dict[str, Any]) -> Table:
@@ -49,41 +35,51 @@ def key_value_table(title: str, rows: dict[str, Any]) -> Table:
 
 @command("inspect")
 def inspect(
-    target: Annotated[Path, typer.Argument(help=TARGET_HELP, show_default=False)],
+    target: Annotated[Path | None, typer.Argument(metavar="TARGET", help=TARGET_HELP, show_default=False)] = None,
     tokenizer: Annotated[
         bool, typer.Option("--tokenizer", help="Show how --text splits into tokens with TARGET's tokenizer.")
     ] = False,
     text: Annotated[str, typer.Option(help="Text for --tokenizer.")] = "Había una vez una niña que soñaba con el mar.",
     seed: Annotated[int, typer.Option(help="Seed for the random window shown from a dataset.")] = 0,
+    verify: Annotated[
+        bool,
+        typer.Option(help="For a dataset: recompute the token files' checksums (exit 1 if any differs from meta.json)."),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show what is inside a checkpoint or a prepared dataset, or how a tokenizer splits text."""
+    path, chosen = checkpoint_or_default(target)
+    if chosen is not None:
+        note(f"using {chosen}")
     if tokenizer:
-        view = tokenize_view(load_tokenizer(target), text)
+        view = tokenize_view(open_tokenizer(path), text)
         if json_output:
             console.print_json(json.dumps(view, ensure_ascii=False))
         else:
             render_tokens(view)
         return
-    if is_dataset(target):
+    if is_dataset(path):
         from gpt2es_cli.cli.render_data import render_dataset_summary
         from gpt2es_cli.data.summary import describe_dataset
 
-        summary = describe_dataset(target, seed=seed)
+        summary = describe_dataset(path, seed=seed, verify=verify)
         if json_output:
             console.print_json(json.dumps(summary.to_dict(), ensure_ascii=False))
         else:
             render_dataset_summary(summary, console)
+        if summary.bad_checksums:
+            raise DataError(
+                f"{path} is damaged: the checksums of {' and '.join(f'{s}.bin' for s in summary.bad_checksums)} "
+                "differ from meta.json; prepare the dataset again"
+            )
         return
-    summary = load_checkpoint(target).summary()
+    if verify:
+        raise ConfigError(f"--verify checks a prepared dataset's token files, and {path} is not a dataset (no meta.json)")
+    summary = open_checkpoint(path).summary()
     if json_output:
         console.print_json(json.dumps(summary, ensure_ascii=False))
         return
     render_checkpoint(summary)
-
-
-def is_dataset(path: Path) -> bool:
-    return path.is_dir() and (path / "meta.json").is_file()
 
 
 def tokenize_view(tok: Tokenizer, text: str) -> dict[str, Any]:
@@ -93,7 +89,7 @@ def tokenize_view(tok: Tokenizer, text: str) -> dict[str, Any]:
     nbytes = len(text.encode("utf-8"))
     return {
         "text": text,
-        "tokens": [{"id": i, "text": piece} for i, piece in zip(ids, tok.token_strings(ids))],
+        "tokens": [{"id": i, "text": piece} for i, piece in zip(ids, tok.token_strings(ids), strict=True)],
         "count": len(ids),
         "characters": len(text),
         "bytes": nbytes,
@@ -142,22 +138,15 @@ def sparkline(values: list[float], width: int = 60) -> str:
     return "".join(SPARKS[min(len(SPARKS) - 1, int((v - lo) / span * len(SPARKS)))] for v in means)
 
 
-def human_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
-
-
 def render_training(t: dict[str, Any]) -> None:
     rows: dict[str, Any] = {}
     if "step" in t:
         total = t.get("total_steps")
         rows["step"] = f"{t['step']:,}" + (f" / {total:,}" if total else "")
     if "tokens_seen" in t:
-        rows["tokens seen"] = f"{t['tokens_seen']:,} ({human_count(t['tokens_seen'])})"
+        rows["tokens seen"] = f"{t['tokens_seen']:,} ({fmt.count(t['tokens_seen'])})"
     if t.get("elapsed") is not None:
-        rows["time trained"] = human_seconds(t["elapsed"])
+        rows["time trained"] = fmt.duration(t["elapsed"])
     if t.get("best_val"):
         best = t["best_val"]
         rows["best val loss"] = f"{best['val_loss']:.4f} at step {best['step']:,}"
@@ -183,7 +172,7 @@ def render_training(t: dict[str, Any]) -> None:
             ppl = r.get("val_perplexity")
             table.add_row(
                 f"{r['step']:,}",
-                human_count(r["tokens"]) if r.get("tokens") is not None else "-",
+                fmt.count(r["tokens"]) if r.get("tokens") is not None else "-",
                 f"{r['val_loss']:.4f}",
                 f"{ppl:,.2f}" if ppl is not None else "-",
                 style="bold green" if r["step"] == best_step else None,
@@ -198,7 +187,7 @@ def render_checkpoint(s: dict[str, Any]) -> None:
             {
                 "path": s["path"],
                 "source": s["source"],
-                "file size": human_bytes(s["file_bytes"]),
+                "file size": fmt.size(s["file_bytes"]),
                 "format version": str(s["format_version"]),
                 "written by": f"gpt2es {s['gpt2es_version']}" if s["source"] == "gpt2es" else s["source"],
                 "weights dtype": s["dtype"],
@@ -216,7 +205,7 @@ def render_checkpoint(s: dict[str, Any]) -> None:
     for name in ("embeddings", "attention", "feed_forward", "norms"):
         share = params[name] / params["total"] if params["total"] else 0.0
         table.add_row(name.replace("_", "-"), f"{params[name]:,}", f"{share:.1%}")
-    table.add_row("[bold]total[/]", f"[bold]{params['total']:,}[/] ({human_count(params['total'])})", "100.0%")
+    table.add_row("[bold]total[/]", f"[bold]{params['total']:,}[/] ({fmt.count(params['total'])})", "100.0%")
     console.print(table)
     console.print()
     tok = s["tokenizer"]

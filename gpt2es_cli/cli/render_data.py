@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from gpt2es_cli.cli import fmt
 from gpt2es_cli.data.prepare import tokenizer_label
 from gpt2es_cli.data.summary import DatasetSummary
 from gpt2es_cli.tokenizer import EOS_TOKEN
@@ -30,10 +31,6 @@ HYGIENE_LABELS = {
 }
 
 
-def _mb(n: int | float) -> str:
-    return f"{n / 1e6:,.2f}"
-
-
 def splits_table(meta: dict[str, Any]) -> Table:
     """Documents, bytes and tokens per split."""
     table = Table(title="Splits", title_justify="left")
@@ -42,12 +39,12 @@ def splits_table(meta: dict[str, Any]) -> Table:
     total = {"documents": 0, "bytes": 0, "tokens": 0}
     for split, s in meta["splits"].items():
         per_doc = f"{s['tokens'] / s['documents']:,.1f}" if s["documents"] else "-"
-        table.add_row(split, f"{s['documents']:,}", _mb(s["bytes"]), f"{s['tokens']:,}", per_doc)
+        table.add_row(split, f"{s['documents']:,}", fmt.megabytes(s["bytes"]), f"{s['tokens']:,}", per_doc)
         for k in total:
             total[k] += s[k]
     table.add_section()
     per_doc = f"{total['tokens'] / total['documents']:,.1f}" if total["documents"] else "-"
-    table.add_row("total", f"{total['documents']:,}", _mb(total["bytes"]), f"{total['tokens']:,}", per_doc)
+    table.add_row("total", f"{total['documents']:,}", fmt.megabytes(total["bytes"]), f"{total['tokens']:,}", per_doc)
     return table
 
 
@@ -73,7 +70,7 @@ def fertility_table(meta: dict[str, Any]) -> Table | None:
     table = Table(
         title="Tokenizer fertility",
         caption=f"on {sample['documents']:,} validation documents: {sample['words']:,} words, "
-        f"{_mb(sample['bytes'])} MB",
+        f"{fmt.megabytes(sample['bytes'])} MB",
         title_justify="left",
         caption_justify="left",
     )
@@ -115,7 +112,7 @@ def dataset_table(summary: DatasetSummary) -> Table:
         "val fraction": meta.get("val_fraction"),
     }
     if tok.get("origin") == "trained":
-        items["tokenizer trained on"] = f"{tok['trained_on_documents']:,} documents, {_mb(tok['trained_on_bytes'])} MB"
+        items["tokenizer trained on"] = f"{tok['trained_on_documents']:,} documents, {fmt.megabytes(tok['trained_on_bytes'])} MB"
     if summary.bad_checksums is not None:
         items["checksums"] = "ok" if not summary.bad_checksums else "MISMATCH: " + ", ".join(summary.bad_checksums)
     return _pairs("Dataset", items)

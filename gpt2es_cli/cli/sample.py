@@ -10,18 +10,23 @@ from typing import Annotated
 import typer
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
-from gpt2es_cli.checkpoint import load_checkpoint
 from gpt2es_cli.cli.app import command, console, err_console, warn
-from gpt2es_cli.device import resolve_device, select_inference_dtype
 from gpt2es_cli.errors import GenerationError
 from gpt2es_cli.generate import Generation, GenerationConfig
-from gpt2es_cli.quantize import check_quantize, prepare_for_inference
+from gpt2es_cli.inference import load_model
 from gpt2es_cli.tokenizer import StreamDecoder, Tokenizer
 
 CHECKPOINT_HELP = "A gpt2es checkpoint (.pth), a run directory, or a local Hugging Face GPT-2 directory."
+DEFAULT_CHECKPOINT_HELP = CHECKPOINT_HELP + " Default: the newest run's best.pth (else last.pth) under runs/."
+
+
+def note(message: str) -> None:
+    """A hint on stderr, e.g. which checkpoint a default picked (commands taking a CHECKPOINT use it)."""
+    err_console.print(f"[dim]{escape(message)}[/]", soft_wrap=True)
 
 
 def read_prompt_file(path: Path) -> str:
@@ -38,7 +43,7 @@ def read_prompt_file(path: Path) -> str:
 
 @command("sample")
 def sample(
-    checkpoint: Annotated[Path, typer.Argument(help=CHECKPOINT_HELP, show_default=False)],
+    checkpoint: Annotated[Path | None, typer.Argument(metavar="CHECKPOINT", help=DEFAULT_CHECKPOINT_HELP, show_default=False)] = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue.")] = "Había una vez",
     prompt_file: Annotated[
         Path | None, typer.Option(help="Read the prompt from a UTF-8 file (overrides --prompt).")
@@ -55,8 +60,8 @@ def sample(
     dtype: Annotated[
         str,
         typer.Option(
-            help="Weights and activations for inference: auto, float32, bfloat16 or float16. "
-            "auto is bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere."
+            help="Weights and activations for inference: auto, float32, bfloat16 or float16 "
+            "(bf16, fp16, fp32 too). auto is bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere."
         ),
     ] = "auto",
     quantize: Annotated[
@@ -67,7 +72,7 @@ def sample(
     json_output: Annotated[bool, typer.Option("--json", help="Print the samples as JSON instead of streaming.")] = False,
     interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Ask for prompts in a loop (Ctrl-D quits).")] = False,
 ) -> None:
-    """Generate text from a checkpoint, streamed token by token."""
+    """Generate text from a checkpoint (default: the newest run under runs/), streamed token by token."""
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -81,13 +86,10 @@ def sample(
         raise GenerationError(f"--num-samples must be at least 1 (got {num_samples})")
     if prompt_file is not None:
         prompt = read_prompt_file(prompt_file)
-    quantize_mode = check_quantize(quantize)
-    target = resolve_device(device)
-    inference_dtype = select_inference_dtype(target, dtype, quantize_mode)
-    ckpt = load_checkpoint(checkpoint)
-    tokenizer = ckpt.tokenizer()
-    model = prepare_for_inference(ckpt.build_model(target), inference_dtype, quantize_mode)
-    precision = str(inference_dtype).removeprefix("torch.") + (f" {quantize_mode}" if quantize_mode else "")
+    ready = load_model(checkpoint, device=device, dtype=dtype, quantize=quantize)
+    if ready.default is not None:
+        note(f"using {ready.default}")
+    model, tokenizer, precision = ready.model, ready.tokenizer, ready.precision
 
     def run(text: str) -> None:
         gen = Generation(
@@ -170,7 +172,7 @@ def _stream(prompt: str, gen: Generation, tokenizer: Tokenizer, precision: str) 
                 if token is not None:
                     bodies[i].append(decoders[i].push(token))
             live.update(panels(False, time.perf_counter() - start))
-        for body, decoder in zip(bodies, decoders):
+        for body, decoder in zip(bodies, decoders, strict=True):
             body.append(decoder.flush())
         live.update(panels(True, time.perf_counter() - start))
     if not console.is_terminal:

@@ -1,12 +1,11 @@
 """What `gpt2es train` shows: the live panel (or plain lines when piped) and the final summary.
 
-`TrainDisplay` subscribes to the training loop's events; `run_training` runs the loop with it
-on the main process and renders how the run ended.
+`TrainDisplay` subscribes to the training loop's events like any other subscriber;
+`run_training` runs the loop with it on the main process and renders how the run ended.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import typer
@@ -21,12 +20,14 @@ from gpt2es_cli.cli import fmt
 from gpt2es_cli.cli.app import console, err_console, fail, warn
 from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.training import (
-    EvalReport,
+    Event,
     Recovery,
     Saved,
     StepReport,
     TrainStart,
     TrainSummary,
+    ValidationDone,
+    is_main_process,
     train,
 )
 
@@ -53,7 +54,7 @@ class TrainDisplay:
 
     def __init__(self, live: bool):
         self.live: Live | None = Live(console=console, refresh_per_second=4, transient=False) if live else None
-        self.evals: list[EvalReport] = []
+        self.evals: list[ValidationDone] = []
         self.last: StepReport | None = None
         self.start: TrainStart | None = None
 
@@ -70,7 +71,7 @@ class TrainDisplay:
     def _print(self, *args: Any, **kwargs: Any) -> None:
         (self.live.console if self.live is not None else console).print(*args, **kwargs)
 
-    def __call__(self, event: object) -> None:
+    def __call__(self, event: Event) -> None:
         if isinstance(event, TrainStart):
             self.start = event
             self._print(self._header(event), soft_wrap=True)
@@ -78,7 +79,7 @@ class TrainDisplay:
             self.last = event
             if self.live is None:
                 console.print(_step_line(event), soft_wrap=True)
-        elif isinstance(event, EvalReport):
+        elif isinstance(event, ValidationDone):
             self.evals.append(event)
             mark = " (best)" if event.best else ""
             line = f"eval step {event.step} | val loss {event.val_loss:.4f} | ppl {event.val_perplexity:.2f}{mark}"
@@ -86,7 +87,7 @@ class TrainDisplay:
                 console.print(line, soft_wrap=True)
             if event.sample is not None:
                 self._print(f"[dim]sample:[/] {escape(event.sample)}", soft_wrap=True)
-        elif isinstance(event, Saved):
+        elif isinstance(event, Saved) and not event.best:  # best.pth: the validation table marks it
             self._print(f"[dim]saved {escape(str(event.path))} (step {event.step})[/]", soft_wrap=True)
         elif isinstance(event, Recovery):
             warn(
@@ -110,7 +111,7 @@ class TrainDisplay:
             f"lr {c.lr:g} {c.schedule}, warmup {c.warmup_steps}"
         )
 
-    def _eval_table(self, rows: list[EvalReport], hidden: int) -> Table:
+    def _eval_table(self, rows: list[ValidationDone], hidden: int) -> Table:
         table = Table(title="validation", title_justify="left", show_edge=False, pad_edge=False)
         for col in ("step", "tokens", "val loss", "perplexity", ""):
             table.add_column(col, justify="right" if col else "left")
@@ -176,13 +177,11 @@ def _render_summary(s: TrainSummary) -> None:
 
 def run_training(config: TrainConfig, checkpoint: Checkpoint | None, force: bool) -> None:
     """Train with the live display on the main process (quietly on the others), then render the end."""
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    display = TrainDisplay(live=console.is_terminal) if main_process else None
-    if display is None:  # other torchrun processes: train quietly
+    if not is_main_process():  # other torchrun processes: train quietly
         train(config, resume=checkpoint, force=force)
         return
-    with display:
-        summary = train(config, resume=checkpoint, force=force, callback=display)
+    with TrainDisplay(live=console.is_terminal) as display:
+        summary = train(config, resume=checkpoint, force=force, subscribers=[display])
     _render_summary(summary)
     if summary.stop_reason == "diverged":
         raise fail(

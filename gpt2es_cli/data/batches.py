@@ -75,7 +75,7 @@ class WindowSampler:
     only its own share of them.
     """
 
-    def __init__(self, num_tokens: int, seq_len: int, seed: int, shuffle: bool = True):
+    def __init__(self, num_tokens: int, seq_len: int, seed: int):
         if num_tokens < seq_len + 1:
             raise DataError(
                 f"the split has {num_tokens} tokens, fewer than one window of --seq-len {seq_len} + 1: "
@@ -84,14 +84,13 @@ class WindowSampler:
         self.num_tokens = num_tokens
         self.seq_len = seq_len
         self.seed = seed
-        self.shuffle = shuffle
         self.epoch = 0
         self.position = 0
         """Windows of the current epoch already taken."""
 
     def epoch_offset(self, epoch: int) -> int:
         """Where the grid of windows starts in this epoch: 0 first, then a seeded shift."""
-        if epoch == 0 or not self.shuffle:
+        if epoch == 0:
             return 0
         offset = _key(self.seed, epoch, 0x0FF5E7) % self.seq_len
         return offset if self.num_tokens - 1 - offset >= self.seq_len else 0
@@ -106,8 +105,7 @@ class WindowSampler:
             n = self.windows_in_epoch(self.epoch)
             chunk = min(count, n - self.position)
             index = np.arange(self.position, self.position + chunk, dtype=np.int64)
-            if self.shuffle:
-                index = feistel_permute(index, n, _key(self.seed, self.epoch))
+            index = feistel_permute(index, n, _key(self.seed, self.epoch))
             starts.append(self.epoch_offset(self.epoch) + index * self.seq_len)
             self.position += chunk
             count -= chunk
@@ -156,7 +154,7 @@ class TokenWindows:
         self.dtype = np.dtype(dtype)
         self.seq_len = seq_len
         self.num_tokens = self.path.stat().st_size // self.dtype.itemsize
-        self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self._file = open(self.path, "rb", buffering=0)  # closed by close()
 
     @classmethod
     def open(cls, dataset: PreparedDataset, split: str, seq_len: int) -> TokenWindows:

@@ -206,9 +206,9 @@ def _load_tokenizer(choice: str) -> tuple[Tokenizer | None, dict[str, Any]]:
             f"--tokenizer {choice!r} is neither 'train', 'gpt2' nor an existing tokenizer.json, "
             "tokenizer directory, dataset or checkpoint"
         )
-    from gpt2es_cli.checkpoint import load_tokenizer  # imports torch: only when needed
+    from gpt2es_cli.artifacts import open_tokenizer  # imports torch: only when needed
 
-    tok = load_tokenizer(path)  # a checkpoint's too, to prepare data for fine-tuning it
+    tok = open_tokenizer(path)  # a checkpoint's too, to prepare data for fine-tuning it
     return tok, {"origin": "file", "path": str(path), "vocab_size": tok.vocab_size}
 
 

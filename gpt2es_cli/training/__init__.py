@@ -1,31 +1,40 @@
-"""Training: the loop (loop.py), run planning and checks (plan.py), AdamW and learning-rate
-schedules (optim.py), data parallelism under torchrun (distributed.py), metrics and the loss
-curve (metrics.py)."""
+"""Training: the loop (loop.py) and the events it emits (events.py), run planning and checks
+(plan.py), AdamW and learning-rate schedules (optim.py), data parallelism under torchrun
+(parallel.py), throughput and MFU (metrics.py), and the loggers that subscribe to the events
+(subscribers/: metrics.jsonl, loss.png)."""
 
-from gpt2es_cli.training.loop import (
-    EvalReport,
+from gpt2es_cli.training.events import (
+    Event,
     Recovery,
     Saved,
     StepReport,
+    TrainEnd,
     TrainStart,
     TrainSummary,
-    train,
+    ValidationDone,
 )
+from gpt2es_cli.training.loop import train
+from gpt2es_cli.training.parallel import is_main_process
 from gpt2es_cli.training.plan import (
     RunPlan,
     load_resume_checkpoint,
     plan_run,
     resume_config,
 )
+from gpt2es_cli.training.subscribers import Subscriber
 
 __all__ = [
-    "EvalReport",
+    "Event",
     "Recovery",
     "RunPlan",
     "Saved",
     "StepReport",
+    "Subscriber",
+    "TrainEnd",
     "TrainStart",
     "TrainSummary",
+    "ValidationDone",
+    "is_main_process",
     "load_resume_checkpoint",
     "plan_run",
     "resume_config",

@@ -1,171 +1,64 @@
-"""The training loop: a library function that reports through a callback and returns a summary.
+"""The training loop: a library function that emits typed events and returns a summary.
 
 `train(config)` plans the run (see plan.py), then steps: each optimizer step reads the next
 `global_batch` windows (every process its own share), runs `accum_steps` forward/backward
-passes under autocast (DDP gradient sync only on the last), clips, and steps AdamW at the
-scheduled learning rate. Around it: evaluation on fixed validation windows with a sample,
-metrics, checkpoints, rollback on a non-finite loss, and a clean stop on Ctrl-C or SIGTERM.
+passes under autocast (gradients synchronised only on the last), clips, and steps AdamW at
+the scheduled learning rate. Around it: rollback on a non-finite loss, progress reports,
+evaluation on fixed validation windows with a sample, checkpoints, and a clean stop on
+Ctrl-C or SIGTERM.
 
-Events go to `callback` on the main process only; nothing here prints.
+How the work is spread over processes is parallel.py's business: the loop holds a `Parallel`
+and does not know whether it runs alone or under DDP. What it reports are events (events.py)
+for its subscribers, on the main process only: the run's loggers (subscribers/, e.g.
+metrics.jsonl and loss.png) and any passed to `train`. Nothing here prints.
+
+The metrics records of every event are kept here, as part of the training state: they go
+into last.pth under "metrics" (resume rewrites metrics.jsonl from them; `inspect` reads them).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from gpt2es_cli.checkpoint import Checkpoint, save_model
+from gpt2es_cli.checkpoint import Checkpoint, save_checkpoint
 from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.data.batches import TokenWindows, WindowSampler, fixed_windows
-from gpt2es_cli.device import Precision, select_precision
+from gpt2es_cli.device import Precision, configure_backends, select_precision
 from gpt2es_cli.errors import ConfigError
 from gpt2es_cli.fileio import atomic_write
-from gpt2es_cli.generate import Generation, GenerationConfig
+from gpt2es_cli.generate import GenerationConfig, generate
 from gpt2es_cli.model import GPT2
-from gpt2es_cli.training.distributed import (
-    DistContext,
-    init_distributed,
-    shutdown_distributed,
+from gpt2es_cli.training.events import (
+    Event,
+    Recovery,
+    Saved,
+    StepReport,
+    TrainEnd,
+    TrainStart,
+    TrainSummary,
+    ValidationDone,
 )
 from gpt2es_cli.training.loss import cross_entropy
-from gpt2es_cli.training.metrics import MetricsLog, plot_loss_curve
+from gpt2es_cli.training.metrics import IntervalMeter, peak_flops
 from gpt2es_cli.training.optim import build_optimizer, learning_rate
+from gpt2es_cli.training.parallel import Parallel, init_parallel
 from gpt2es_cli.training.plan import RUN_FILES, RunPlan, plan_run
+from gpt2es_cli.training.subscribers import Subscriber, run_loggers
 
 SMOOTHING = 0.9
 """Weight of the past in the smoothed (exponential moving average) training loss."""
-
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) of one GPU, by a substring of its name, for MFU.
-GPU_PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "A10G": 125e12,
-    "A10": 125e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-    "V100": 125e12,
-    "T4": 65e12,
-}
-
-
-# --- what the loop reports ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainStart:
-    """The run is planned and about to step."""
-
-    run_dir: Path
-    config: TrainConfig
-    num_parameters: int
-    device: str
-    precision: str
-    world_size: int
-    accum_steps: int
-    tokens_per_step: int
-    total_steps: int
-    budget: str
-    train_tokens: int
-    start_step: int
-    """0 for a new run; the checkpoint's step when resuming."""
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """Progress every `log_interval` steps."""
-
-    step: int
-    total_steps: int
-    loss: float
-    """Mean training loss over the steps since the last report."""
-    smoothed_loss: float
-    lr: float
-    grad_norm: float
-    tokens_seen: int
-    epoch: float
-    """Passes over train.bin so far."""
-    tokens_per_second: float
-    mfu: float | None
-    """Model FLOPs utilisation (0..1) where the device's peak is known."""
-    elapsed: float
-    eta: float
-
-
-@dataclass(frozen=True)
-class EvalReport:
-    step: int
-    tokens_seen: int
-    val_loss: float
-    val_perplexity: float
-    best: bool
-    """This is the lowest validation loss so far (best.pth was written)."""
-    sample: str | None
-    """A continuation of `sample_prompt`, prompt included."""
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """A non-finite loss or gradient: the step was dropped and the last good state restored."""
-
-    step: int
-    restored_step: int
-    lr_scale: float
-    attempt: int
-    max_attempts: int
-
-
-@dataclass(frozen=True)
-class Saved:
-    path: Path
-    step: int
-
-
-@dataclass
-class TrainSummary:
-    """How a run ended."""
-
-    run_dir: Path
-    stop_reason: str
-    """max_steps / max_tokens / epochs (budget reached), max_time, interrupted, or diverged."""
-    step: int
-    total_steps: int
-    tokens_seen: int
-    elapsed: float
-    """Seconds of training in this invocation."""
-    tokens_per_second: float
-    """Average over this invocation."""
-    final_loss: float | None
-    """Smoothed training loss at the end."""
-    val_loss: float | None
-    """The last validation loss."""
-    best_val_loss: float | None
-    last_checkpoint: Path | None
-    best_checkpoint: Path | None
-    recoveries: int
-    """How many times a non-finite loss rolled the model back."""
-    start_step: int
-
-
-Callback = Callable[[object], None]
-
-
-# --- the loop -------------------------------------------------------------------------------------
 
 
 def compute_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -178,23 +71,24 @@ def train(
     *,
     resume: Checkpoint | None = None,
     force: bool = False,
-    callback: Callback | None = None,
+    subscribers: Sequence[Subscriber] = (),
 ) -> TrainSummary:
     """Train a model as `config` says (continuing `resume` if given); return how it ended.
 
-    Under torchrun every process calls this; only the main one calls `callback` and writes files.
+    Under torchrun every process calls this; only the main one writes files and sends events,
+    first to the run's loggers (metrics.jsonl, loss.png), then to `subscribers` in order.
     """
     precision = select_precision(config.device, config.amp, config.dtype)
-    dist = init_distributed(precision.device.type)
+    parallel = init_parallel(precision.device.type)
     try:
-        if dist.enabled and precision.device.type == "cuda":
-            precision = Precision(torch.device("cuda", dist.local_rank), precision.autocast_dtype)
-        plan = plan_run(config, world_size=dist.world_size, resume=resume, force=force)
-        dist.barrier()  # every process has checked the run before the main one writes anything
-        trainer = _Trainer(plan, precision, dist, callback if dist.is_main else None)
+        precision = replace(precision, device=parallel.local_device(precision.device))
+        plan = plan_run(config, world_size=parallel.world_size, resume=resume, force=force)
+        parallel.barrier()  # every process has checked the run before the main one writes anything
+        listeners = [*run_loggers(), *subscribers] if parallel.is_main else []
+        trainer = _Trainer(plan, precision, parallel, listeners)
         return trainer.run()
     finally:
-        shutdown_distributed()
+        parallel.shutdown()
 
 
 class _StopSignal:
@@ -231,32 +125,37 @@ def _clone_to_cpu(value: Any) -> Any:
     return value
 
 
-def _peak_flops(config: TrainConfig, device: torch.device) -> float | None:
-    if config.peak_tflops:
-        return config.peak_tflops * 1e12
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return peak
-    return None
+@dataclass(frozen=True)
+class _StepResult:
+    """One step's forward/backward, agreed on by every process (before the optimizer steps)."""
+
+    loss: float
+    """Mean over the micro-batches and processes."""
+    grad_norm: float
+    stop_asked: bool
+    """Ctrl-C or SIGTERM in some process."""
+    time_up: bool
+    """--max-time reached in some process."""
+
+    @property
+    def stop_reason(self) -> str | None:
+        if self.stop_asked:
+            return "interrupted"
+        return "max_time" if self.time_up else None
 
 
 class _Trainer:
-    def __init__(self, plan: RunPlan, precision: Precision, dist: DistContext, callback: Callback | None):
+    def __init__(self, plan: RunPlan, precision: Precision, parallel: Parallel, subscribers: list[Subscriber]):
         self.plan = plan
         self.config = config = plan.config
         self.precision = precision
         self.device = precision.device
-        self.dist = dist
-        self.callback = callback
+        self.parallel = parallel
+        self.subscribers = subscribers
         self.run_dir = plan.run_dir
-        self.is_main = dist.is_main
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        configure_backends(self.device)
 
-        # Same initial weights in every process (DDP also broadcasts them from the main one).
+        # Same initial weights in every process; the full weights load before wrapping.
         torch.manual_seed(config.seed)
         model = GPT2(plan.model_config)
         if plan.init_weights is not None:
@@ -264,22 +163,13 @@ class _Trainer:
         if plan.resume is not None:
             model.load_state_dict(plan.resume.model_state)
         self.model = model.to(self.device).train()
+        # Dropout differs between processes (they see different windows); a fixed seed each.
+        torch.manual_seed(config.seed + 1 + parallel.rank)
+        self.step_model = parallel.wrap(self.model, compile=config.compile)
         self.optimizer = build_optimizer(
             self.model, config.lr, config.weight_decay, (config.beta1, config.beta2)
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision.needs_grad_scaler)
-        # Dropout differs between processes (they see different windows); a fixed seed each.
-        torch.manual_seed(config.seed + 1 + dist.rank)
-
-        wrapped: torch.nn.Module = self.model
-        if dist.enabled:
-            wrapped = torch.nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
-            )
-        self.ddp = wrapped if dist.enabled else None
-        self.step_model = torch.compile(wrapped) if config.compile else wrapped
 
         dataset = plan.dataset
         self.train_windows = TokenWindows.open(dataset, "train", config.seq_len)
@@ -291,7 +181,7 @@ class _Trainer:
             else None
         )
         self.flops_per_token = self.model.flops_per_token(config.seq_len)
-        self.peak_flops = _peak_flops(config, self.device)
+        self.peak_flops = peak_flops(config.peak_tflops, self.device)
 
         self.step = 0
         self.tokens_seen = 0
@@ -302,17 +192,19 @@ class _Trainer:
         self.recoveries = 0
         self.recoveries_since_good = 0
         self.elapsed_before = 0.0
-        records: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        """The metrics record of every event so far (a resumed run starts with its checkpoint's)."""
         if plan.resume is not None:
-            records = self._restore(plan.resume.training)
+            self._restore(plan.resume.training)
         self.start_step = self.step
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", records, write=False)
         self.good: dict[str, Any] = {}
+        self.meter = IntervalMeter()
+        self.last_eval_step = -1
 
     # --- state -----------------------------------------------------------------------------
 
-    def _restore(self, training: dict[str, Any]) -> list[dict[str, Any]]:
-        self.optimizer.load_state_dict(training["optimizer"])
+    def _restore(self, training: dict[str, Any]) -> None:
+        self.parallel.load_optimizer_state_dict(self.optimizer, training["optimizer"])
         if training.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(training["scaler"])
         self.step = int(training["step"])
@@ -325,14 +217,15 @@ class _Trainer:
         self.elapsed_before = float(training.get("elapsed", 0.0))
         self.sampler.load_state_dict(training["data"])
         rng = training.get("rng") or []
-        if len(rng) == self.dist.world_size:  # same process count: continue each stream exactly
-            mine = rng[self.dist.rank]
+        rank = self.parallel.rank
+        if len(rng) == self.parallel.world_size:  # same process count: continue each stream exactly
+            mine = rng[rank]
             torch.set_rng_state(mine["torch"])
             if self.device.type == "cuda" and mine.get("cuda") is not None:
                 torch.cuda.set_rng_state(mine["cuda"], self.device)
         else:
-            torch.manual_seed(self.config.seed + 1 + self.dist.rank + 1000 * self.step)
-        return list(training.get("metrics") or [])
+            torch.manual_seed(self.config.seed + 1 + rank + 1000 * self.step)
+        self.history = list(training.get("metrics") or [])
 
     def _rng_state(self) -> dict[str, Any]:
         return {
@@ -341,29 +234,29 @@ class _Trainer:
         }
 
     def _training_state(self) -> dict[str, Any]:
-        """Everything --resume needs, as plain data (weights_only-safe). Collective under DDP."""
-        rng = self.dist.all_gather(self._rng_state())
+        """Everything --resume needs, as plain data (weights_only-safe). Every process calls it."""
+        rng = self.parallel.all_gather(self._rng_state())
         return {
             "config": self.config.to_dict(),
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "total_steps": self.plan.total_steps,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.parallel.optimizer_state_dict(self.optimizer),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "lr_scale": self.lr_scale,
             "smoothed_loss": self.smoothed,
             "best_val_loss": self.best_val_loss,
             "val_loss": self.last_val_loss,
             "recoveries": self.recoveries,
-            "elapsed": self.elapsed_before + self._elapsed(),
+            "elapsed": self._total_elapsed(),
             "data": self.sampler.state_dict(),
             "rng": rng,
-            "world_size": self.dist.world_size,
+            "world_size": self.parallel.world_size,
             "dataset": {
                 "path": str(self.plan.dataset.path),
                 "train_sha256": self.plan.dataset.meta["splits"]["train"]["sha256"],
             },
-            "metrics": self.metrics.records,
+            "metrics": self.history,
         }
 
     def _extra(self) -> dict[str, Any]:
@@ -374,23 +267,6 @@ class _Trainer:
             "dataset": str(self.plan.dataset.path),
             "val_loss": self.last_val_loss,
         }
-
-    def _save_last(self) -> None:
-        training = self._training_state()  # every process joins the RNG gather
-        if not self.is_main:
-            return
-        path = self.run_dir / "last.pth"
-        save_model(path, self.model, self.plan.model_config, self.plan.tokenizer, training, self._extra())
-        if self.config.keep_last:
-            numbered = self.run_dir / f"step-{self.step:07d}.pth"
-            numbered.unlink(missing_ok=True)
-            try:
-                os.link(path, numbered)  # last.pth is replaced by rename later, so the link stays
-            except OSError:
-                shutil.copyfile(path, numbered)
-            for old in sorted(self.run_dir.glob("step-*.pth"))[: -self.config.keep_last]:
-                old.unlink(missing_ok=True)
-        self._emit(Saved(path, self.step))
 
     def _snapshot(self) -> None:
         """Remember this as the last good state (in memory), for rollback after a NaN."""
@@ -410,12 +286,20 @@ class _Trainer:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _emit(self, event: object) -> None:
-        if self.callback is not None:
-            self.callback(event)
+    def _emit(self, event: Event) -> None:
+        record = event.record()
+        if record is not None:
+            self.history.append(record)
+        for subscriber in self.subscribers:
+            subscriber(event)
 
     def _elapsed(self) -> float:
+        """Seconds of training in this invocation."""
         return time.perf_counter() - self.t0
+
+    def _total_elapsed(self) -> float:
+        """Seconds of training in the whole run."""
+        return self.elapsed_before + self._elapsed()
 
     def _lr(self) -> float:
         c = self.config
@@ -424,9 +308,42 @@ class _Trainer:
             warmup_steps=c.warmup_steps, schedule=c.schedule, decay_fraction=c.decay_fraction,
         )
 
+    def _every(self, interval: int | None) -> bool:
+        return bool(interval) and self.step % interval == 0
+
+    def _too_big(self) -> str:
+        c = self.config
+        return (
+            f"a batch of {c.batch_size} windows x {c.seq_len} tokens does not fit in {self.device.type} memory: "
+            f"lower --batch-size (--global-batch {c.global_batch} is kept by accumulating gradients) or --seq-len"
+        )
+
+    # --- the run ----------------------------------------------------------------------------------
+
+    def run(self) -> TrainSummary:
+        try:
+            self.t0 = time.perf_counter()
+            self._start()
+            stop_reason = self._steps()
+            return self._finish(stop_reason)
+        finally:
+            self.train_windows.close()
+            self.val_windows.close()
+
+    def _start(self) -> None:
+        if self.parallel.is_main:
+            self._prepare_run_dir()
+        plan = self.plan
+        self._emit(TrainStart(
+            run_dir=self.run_dir, config=self.config, num_parameters=self.model.num_parameters(),
+            device=str(self.device), precision=self.precision.name, world_size=self.parallel.world_size,
+            accum_steps=plan.accum_steps, tokens_per_step=plan.tokens_per_step, total_steps=plan.total_steps,
+            budget=plan.budget, train_tokens=plan.dataset.num_tokens("train"), start_step=self.start_step,
+            history=tuple(self.history),
+        ))
+        self._snapshot()
+
     def _prepare_run_dir(self) -> None:
-        if not self.is_main:
-            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.plan.continuing:  # --force: the old run's files go (nothing else in the directory)
             for name in RUN_FILES:
@@ -439,223 +356,224 @@ class _Trainer:
             + yaml.safe_dump(self.config.to_dict(), sort_keys=False, allow_unicode=True)
         )
         atomic_write(self.run_dir / "config.yaml", lambda f: f.write(text.encode("utf-8")))
-        # metrics.jsonl starts as exactly what the checkpoint knew (a resumed run drops records
-        # written after its last save).
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.metrics.records, write=True)
 
-    # --- one optimizer step --------------------------------------------------------------------
-
-    def _train_step(self, stop_requested: bool, time_up: bool) -> tuple[float, float, bool, bool]:
-        """Forward/backward over this process's share of the next global batch.
-
-        Returns (loss averaged over all processes, grad norm, stop asked anywhere, time up anywhere)
-        without stepping the optimizer.
-        """
-        c, dist = self.config, self.dist
-        starts = self.sampler.take(c.global_batch)
-        per_process = c.global_batch // dist.world_size
-        mine = starts[dist.rank * per_process : (dist.rank + 1) * per_process]
-        loss_sum = torch.zeros((), device=self.device)
-        for micro in range(self.plan.accum_steps):
-            x, y = self.train_windows.batch(mine[micro * c.batch_size : (micro + 1) * c.batch_size], self.device)
-            last = micro == self.plan.accum_steps - 1
-            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
-            with sync:
-                with self.precision.autocast():
-                    loss = compute_loss(self.step_model, x, y)
-                self.scaler.scale(loss / self.plan.accum_steps).backward()
-            loss_sum += loss.detach().float()
-        # One small all-reduce carries the loss and both stop flags, so every process decides alike.
-        shared = torch.stack([
-            loss_sum / self.plan.accum_steps,
-            torch.tensor(float(stop_requested), device=self.device),
-            torch.tensor(float(time_up), device=self.device),
-        ])
-        shared = dist.all_reduce_sum(shared).tolist()
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
-        max_norm = c.grad_clip if c.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        return shared[0] / dist.world_size, float(grad_norm), shared[1] > 0, shared[2] > 0
-
-    # --- evaluation ----------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def _evaluate(self) -> EvalReport:
-        c, dist = self.config, self.dist
-        self.model.eval()
-        batches = [self.val_starts[i : i + c.batch_size] for i in range(0, len(self.val_starts), c.batch_size)]
-        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # summed loss, tokens
-        for starts in batches[dist.rank :: dist.world_size]:
-            x, y = self.val_windows.batch(starts, self.device)
-            with self.precision.autocast():
-                logits = self.model(x)  # (B, T, V)
-            total[0] += cross_entropy(logits, y, reduction="sum")
-            total[1] += y.numel()
-        total = dist.all_reduce_sum(total)
-        val_loss = float(total[0] / total[1])
-        sample = self._sample() if self.is_main and c.sample_tokens else None
-        self.model.train()
-        self.last_val_loss = val_loss
-        best = math.isfinite(val_loss) and (self.best_val_loss is None or val_loss < self.best_val_loss)
-        if best:
-            self.best_val_loss = val_loss
-            if self.is_main:
-                save_model(self.run_dir / "best.pth", self.model, self.plan.model_config, self.plan.tokenizer,
-                           extra=self._extra())
-        report = EvalReport(self.step, self.tokens_seen, val_loss, math.exp(min(val_loss, 700)), best, sample)
-        self.metrics.add({
-            "type": "eval", "step": self.step, "tokens": self.tokens_seen, "val_loss": val_loss,
-            "val_perplexity": report.val_perplexity, "best": best, "sample": sample,
-            "elapsed": self.elapsed_before + self._elapsed(),
-        })
-        if self.is_main:
-            plot_loss_curve(self.metrics.records, self.run_dir / "loss.png", title=str(self.run_dir))
-        return report
-
-    def _sample(self) -> str:
-        tok = self.plan.tokenizer
-        prompt = tok.encode(self.config.sample_prompt)
-        gen = Generation(
-            self.model, prompt, GenerationConfig(max_new_tokens=self.config.sample_tokens, seed=self.config.seed),
-            tok.eos_id, autocast=self.precision.autocast(),
-        )
-        for _ in gen:
-            pass
-        return self.config.sample_prompt + tok.decode(gen.samples[0]).rstrip("\ufffd")  # no cut-off character
-
-    # --- the run ----------------------------------------------------------------------------------
-
-    def run(self) -> TrainSummary:
-        try:
-            return self._run()
-        finally:
-            self.train_windows.close()
-            self.val_windows.close()
-
-    def _run(self) -> TrainSummary:
-        c, plan = self.config, self.plan
-        self.t0 = time.perf_counter()
-        self._prepare_run_dir()
-        self._emit(TrainStart(
-            run_dir=self.run_dir, config=c, num_parameters=self.model.num_parameters(),
-            device=str(self.device), precision=self.precision.name, world_size=self.dist.world_size,
-            accum_steps=plan.accum_steps, tokens_per_step=plan.tokens_per_step, total_steps=plan.total_steps,
-            budget=plan.budget, train_tokens=plan.dataset.num_tokens("train"), start_step=self.start_step,
-        ))
-        self._snapshot()
-        stop_reason = plan.budget
-        interval_losses: list[float] = []
-        interval_tokens, interval_time = 0, 0.0
-        last_eval_step = -1
-        step_time_avg: float | None = None
-        grad_norm = 0.0
+    def _steps(self) -> str:
+        """Step until the budget is spent or something stops the run; return why it stopped."""
+        c, total = self.config, self.plan.total_steps
         with _StopSignal() as stop:
-            while self.step < plan.total_steps:
+            while self.step < total:
                 t_step = time.perf_counter()
                 time_up = c.max_time is not None and self._elapsed() >= c.max_time
-                try:
-                    loss, grad_norm, stop_asked, out_of_time = self._train_step(stop.requested, time_up)
-                except torch.OutOfMemoryError:
-                    raise ConfigError(self._too_big()) from None
-                except RuntimeError as e:
-                    if "can't allocate memory" in str(e) or "out of memory" in str(e):
-                        raise ConfigError(self._too_big()) from None
-                    raise
-                finite = math.isfinite(loss) and (self.scaler.is_enabled() or math.isfinite(grad_norm))
-                if not finite:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if self.scaler.is_enabled():
-                        self.scaler.update()  # lowers the loss scale
-                    failed_step = self.step + 1
-                    self._rollback()
-                    self.recoveries += 1
-                    self.recoveries_since_good += 1
-                    if self.recoveries_since_good > c.nan_retries:
-                        stop_reason = "diverged"
-                        break
-                    self.lr_scale *= 0.5
-                    self.metrics.add({
-                        "type": "recovery", "step": failed_step, "restored_step": self.step,
-                        "lr_scale": self.lr_scale, "attempt": self.recoveries_since_good,
-                    })
-                    self._emit(Recovery(failed_step, self.step, self.lr_scale, self.recoveries_since_good,
-                                        c.nan_retries))
-                    interval_losses = []
-                    if stop_asked or out_of_time:
-                        stop_reason = "interrupted" if stop_asked else "max_time"
-                        break
+                result = self._forward_backward(stop.requested, time_up)
+                if not self._finite(result):
+                    if not self._recover(result):
+                        return "diverged"
+                    if result.stop_reason:
+                        return result.stop_reason
                     continue
-                lr = self._lr()
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self.tokens_seen += plan.tokens_per_step
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                dt = time.perf_counter() - t_step
-                step_time_avg = dt if step_time_avg is None else 0.9 * step_time_avg + 0.1 * dt
-                interval_losses.append(loss)
-                interval_tokens += plan.tokens_per_step
-                interval_time += dt
-                self.smoothed = loss if self.smoothed is None else SMOOTHING * self.smoothed + (1 - SMOOTHING) * loss
-
-                done = self.step >= plan.total_steps
-                if self.step % c.log_interval == 0 or done or stop_asked or out_of_time:
-                    tps = interval_tokens / interval_time if interval_time > 0 else 0.0
-                    mfu = (
-                        self.flops_per_token * tps / (self.peak_flops * self.dist.world_size)
-                        if self.peak_flops else None
-                    )
-                    mean_loss = sum(interval_losses) / len(interval_losses)
-                    elapsed = self.elapsed_before + self._elapsed()
-                    eta = (plan.total_steps - self.step) * (step_time_avg or 0.0)
-                    report = StepReport(
-                        step=self.step, total_steps=plan.total_steps, loss=mean_loss,
-                        smoothed_loss=self.smoothed, lr=lr, grad_norm=grad_norm, tokens_seen=self.tokens_seen,
-                        epoch=self.tokens_seen / plan.dataset.num_tokens("train"), tokens_per_second=tps,
-                        mfu=mfu, elapsed=elapsed, eta=eta,
-                    )
-                    self.metrics.add({
-                        "type": "train", "step": self.step, "tokens": self.tokens_seen, "loss": mean_loss,
-                        "smoothed_loss": self.smoothed, "lr": lr, "grad_norm": grad_norm,
-                        "tokens_per_second": tps, "mfu": mfu, "elapsed": elapsed,
-                    })
-                    self._emit(report)
-                    interval_losses, interval_tokens, interval_time = [], 0, 0.0
-                if stop_asked or out_of_time:
-                    stop_reason = "interrupted" if stop_asked else "max_time"
+                lr = self._optimizer_step()
+                self.meter.add(result.loss, self.plan.tokens_per_step, time.perf_counter() - t_step)
+                self.smoothed = (
+                    result.loss if self.smoothed is None else SMOOTHING * self.smoothed + (1 - SMOOTHING) * result.loss
+                )
+                done = self.step >= total
+                if self._every(c.log_interval) or done or result.stop_reason:
+                    self._report(lr, result.grad_norm)
+                if result.stop_reason:
+                    return result.stop_reason
+                if done:
                     break
-                if c.eval_interval and self.step % c.eval_interval == 0 and not done:
-                    self._emit(self._evaluate())
-                    last_eval_step = self.step
-                if c.save_interval and self.step % c.save_interval == 0 and not done:
+                if self._every(c.eval_interval):
+                    self._validate()
+                if self._every(c.save_interval):
                     self._save_last()
                     self._snapshot()
+        return self.plan.budget
 
-        if c.eval_interval and last_eval_step != self.step and stop_reason not in ("interrupted", "diverged"):
-            self._emit(self._evaluate())
+    def _finish(self, stop_reason: str) -> TrainSummary:
+        if self.config.eval_interval and self.last_eval_step != self.step and stop_reason not in (
+            "interrupted", "diverged"
+        ):
+            self._validate()
         self._save_last()
-        if self.is_main:
-            plot_loss_curve(self.metrics.records, self.run_dir / "loss.png", title=str(self.run_dir))
         elapsed = self._elapsed()
         trained = self.tokens_seen - (self.plan.resume.training["tokens_seen"] if self.plan.resume else 0)
         best = self.run_dir / "best.pth"
-        return TrainSummary(
-            run_dir=self.run_dir, stop_reason=stop_reason, step=self.step, total_steps=plan.total_steps,
+        summary = TrainSummary(
+            run_dir=self.run_dir, stop_reason=stop_reason, step=self.step, total_steps=self.plan.total_steps,
             tokens_seen=self.tokens_seen, elapsed=elapsed, tokens_per_second=max(trained, 0) / elapsed,
             final_loss=self.smoothed, val_loss=self.last_val_loss, best_val_loss=self.best_val_loss,
             last_checkpoint=self.run_dir / "last.pth",
             best_checkpoint=best if self.best_val_loss is not None and best.exists() else None,
             recoveries=self.recoveries, start_step=self.start_step,
         )
+        self._emit(TrainEnd(summary))
+        return summary
 
-    def _too_big(self) -> str:
-        c = self.config
-        return (
-            f"a batch of {c.batch_size} windows x {c.seq_len} tokens does not fit in {self.device.type} memory: "
-            f"lower --batch-size (--global-batch {c.global_batch} is kept by accumulating gradients) or --seq-len"
+    # --- train step -------------------------------------------------------------------------------
+
+    def _forward_backward(self, stop_requested: bool, time_up: bool) -> _StepResult:
+        """Forward/backward over this process's share of the next global batch, gradients
+        unscaled and clipped, the optimizer not yet stepped; out of memory is a ConfigError."""
+        try:
+            return self._accumulate(stop_requested, time_up)
+        except torch.OutOfMemoryError:
+            raise ConfigError(self._too_big()) from None
+        except RuntimeError as e:
+            if "can't allocate memory" in str(e) or "out of memory" in str(e):
+                raise ConfigError(self._too_big()) from None
+            raise
+
+    def _accumulate(self, stop_requested: bool, time_up: bool) -> _StepResult:
+        c, parallel, accum = self.config, self.parallel, self.plan.accum_steps
+        starts = self.sampler.take(c.global_batch)
+        per_process = c.global_batch // parallel.world_size
+        mine = starts[parallel.rank * per_process : (parallel.rank + 1) * per_process]
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(accum):
+            x, y = self.train_windows.batch(mine[micro * c.batch_size : (micro + 1) * c.batch_size], self.device)
+            with parallel.gradient_sync(micro == accum - 1):
+                with self.precision.autocast():
+                    loss = compute_loss(self.step_model, x, y)
+                self.scaler.scale(loss / accum).backward()
+            loss_sum += loss.detach().float()
+        # One small all-reduce carries the loss and both stop flags, so every process decides alike.
+        shared = torch.stack([
+            loss_sum / accum,
+            torch.tensor(float(stop_requested), device=self.device),
+            torch.tensor(float(time_up), device=self.device),
+        ])
+        shared = parallel.all_reduce_sum(shared).tolist()
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = parallel.clip_grad_norm(c.grad_clip if c.grad_clip > 0 else math.inf)
+        return _StepResult(shared[0] / parallel.world_size, grad_norm, shared[1] > 0, shared[2] > 0)
+
+    def _finite(self, result: _StepResult) -> bool:
+        # Under fp16 loss scaling an infinite gradient is the scaler's business (it skips the step).
+        return math.isfinite(result.loss) and (self.scaler.is_enabled() or math.isfinite(result.grad_norm))
+
+    def _optimizer_step(self) -> float:
+        """Step AdamW at the scheduled learning rate; return that rate."""
+        lr = self._lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += self.plan.tokens_per_step
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return lr
+
+    # --- recovery ---------------------------------------------------------------------------------
+
+    def _recover(self, result: _StepResult) -> bool:
+        """Drop the step, roll back to the last good state and halve the learning rate.
+
+        Returns False when that has happened more than --nan-retries times since the last
+        good state (the run has diverged; the model stays rolled back)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.scaler.update()  # lowers the loss scale
+        failed_step = self.step + 1
+        self._rollback()
+        self.recoveries += 1
+        self.recoveries_since_good += 1
+        if self.recoveries_since_good > self.config.nan_retries:
+            return False
+        self.lr_scale *= 0.5
+        self._emit(Recovery(failed_step, self.step, self.lr_scale, self.recoveries_since_good,
+                            self.config.nan_retries))
+        self.meter.drop_losses()
+        return True
+
+    # --- reporting --------------------------------------------------------------------------------
+
+    def _report(self, lr: float, grad_norm: float) -> None:
+        meter, total = self.meter, self.plan.total_steps
+        tps = meter.tokens_per_second
+        mfu = self.flops_per_token * tps / (self.peak_flops * self.parallel.world_size) if self.peak_flops else None
+        self._emit(StepReport(
+            step=self.step, tokens_seen=self.tokens_seen, loss=meter.mean_loss, smoothed_loss=self.smoothed,
+            lr=lr, grad_norm=grad_norm, tokens_per_second=tps, mfu=mfu, elapsed=self._total_elapsed(),
+            total_steps=total, epoch=self.tokens_seen / self.plan.dataset.num_tokens("train"),
+            eta=meter.eta(total - self.step),
+        ))
+        meter.reset()
+
+    # --- evaluation -------------------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        """Evaluate, report it, and save best.pth when this is the lowest validation loss."""
+        report = self._evaluate()
+        self.last_eval_step = self.step
+        self._emit(report)
+        if report.best:
+            self._save_best()
+
+    @torch.no_grad()
+    def _evaluate(self) -> ValidationDone:
+        c, parallel = self.config, self.parallel
+        self.model.eval()
+        batches = [self.val_starts[i : i + c.batch_size] for i in range(0, len(self.val_starts), c.batch_size)]
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # summed loss, tokens
+        for starts in batches[parallel.rank :: parallel.world_size]:
+            x, y = self.val_windows.batch(starts, self.device)
+            with self.precision.autocast():
+                logits = parallel.eval_forward(x)  # (B, T, V)
+            total[0] += cross_entropy(logits, y, reduction="sum")
+            total[1] += y.numel()
+        total = parallel.all_reduce_sum(total)
+        val_loss = float(total[0] / total[1])
+        sample = self._sample() if parallel.is_main and c.sample_tokens else None
+        self.model.train()
+        self.last_val_loss = val_loss
+        best = math.isfinite(val_loss) and (self.best_val_loss is None or val_loss < self.best_val_loss)
+        if best:
+            self.best_val_loss = val_loss
+        return ValidationDone(
+            step=self.step, tokens_seen=self.tokens_seen, val_loss=val_loss,
+            val_perplexity=math.exp(min(val_loss, 700)), best=best, sample=sample, elapsed=self._total_elapsed(),
         )
+
+    def _sample(self) -> str:
+        c, tok = self.config, self.plan.tokenizer
+        settings = GenerationConfig(max_new_tokens=c.sample_tokens, seed=c.seed)
+        new = generate(self.model, tok.encode(c.sample_prompt), settings, tok.eos_id, autocast=self.precision.autocast())
+        return c.sample_prompt + tok.decode(new[0]).rstrip("\ufffd")  # no cut-off character
+
+    # --- saving -----------------------------------------------------------------------------------
+
+    def _write(self, path: Path, weights: dict[str, torch.Tensor], training: dict[str, Any] | None) -> None:
+        tokenizer = self.plan.tokenizer
+        save_checkpoint(path, Checkpoint(
+            model_config=self.plan.model_config, model_state=weights, tokenizer_json=tokenizer.to_json(),
+            training=training, extra=self._extra(),
+        ))
+
+    def _save_best(self) -> None:
+        weights = self.parallel.model_state_dict()  # every process joins (a sharded model gathers)
+        path = self.run_dir / "best.pth"
+        if self.parallel.is_main:
+            self._write(path, weights, training=None)
+        self._emit(Saved(path, self.step, best=True))
+
+    def _save_last(self) -> None:
+        weights = self.parallel.model_state_dict()  # every process joins these and the RNG gather
+        training = self._training_state()
+        if not self.parallel.is_main:
+            return
+        path = self.run_dir / "last.pth"
+        self._write(path, weights, training)
+        if self.config.keep_last:
+            numbered = self.run_dir / f"step-{self.step:07d}.pth"
+            numbered.unlink(missing_ok=True)
+            try:
+                os.link(path, numbered)  # last.pth is replaced by rename later, so the link stays
+            except OSError:
+                shutil.copyfile(path, numbered)
+            for old in sorted(self.run_dir.glob("step-*.pth"))[: -self.config.keep_last]:
+                old.unlink(missing_ok=True)
+        self._emit(Saved(path, self.step))

@@ -1,69 +1,72 @@
-"""The run's metrics: one JSON record per line in metrics.jsonl, and the loss-curve PNG."""
+"""What the loop measures between reports: mean loss, tokens per second, step time, and MFU."""
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-from typing import Any
+import torch
 
-from gpt2es_cli.fileio import atomic_write
+STEP_TIME_SMOOTHING = 0.9
+"""Weight of the past in the step time the ETA is computed from."""
 
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-class MetricsLog:
-    """Appends records to metrics.jsonl and keeps them (they travel in checkpoints too, so a
-    resumed run rewrites the file to exactly what its checkpoint knew)."""
-
-    def __init__(self, path: Path, records: list[dict[str, Any]] | None = None, write: bool = True):
-        self.path = path
-        self.records: list[dict[str, Any]] = list(records or [])
-        self.write = write
-        if write:
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records)
-            atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-    def add(self, record: dict[str, Any]) -> None:
-        record = {k: _finite_or_none(v) for k, v in record.items()}
-        self.records.append(record)
-        if self.write:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) of one GPU, by a substring of its name, for MFU.
+GPU_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "A10": 125e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "V100": 125e12,
+    "T4": 65e12,
+}
 
 
-def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Train loss (raw and smoothed) and val loss against tokens seen, written atomically."""
-    import matplotlib
+def peak_flops(peak_tflops: float | None, device: torch.device) -> float | None:
+    """One device's peak FLOP/s: --peak-tflops if given, else the table for known GPUs."""
+    if peak_tflops:
+        return peak_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return peak
+    return None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    train = [r for r in records if r.get("type") == "train" and r.get("loss") is not None]
-    val = [r for r in records if r.get("type") == "eval" and r.get("val_loss") is not None]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    if train:
-        tokens = [r["tokens"] for r in train]
-        ax.plot(tokens, [r["loss"] for r in train], color="tab:blue", alpha=0.3, linewidth=1, label="train")
-        ax.plot(tokens, [r["smoothed_loss"] for r in train], color="tab:blue", linewidth=1.5, label="train (smoothed)")
-    if val:
-        ax.plot(
-            [r["tokens"] for r in val], [r["val_loss"] for r in val],
-            color="tab:orange", marker="o", markersize=3, linewidth=1.5, label="val",
-        )
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("loss (nats/token)")
-    if title:
-        ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    if train or val:
-        ax.legend()
-    fig.tight_layout()
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    finally:
-        plt.close(fig)
+class IntervalMeter:
+    """Losses, tokens and time of the steps since the last report, and a smoothed step time."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.tokens = 0
+        self.seconds = 0.0
+        self.step_time: float | None = None
+
+    def add(self, loss: float, tokens: int, seconds: float) -> None:
+        self.losses.append(loss)
+        self.tokens += tokens
+        self.seconds += seconds
+        a = STEP_TIME_SMOOTHING
+        self.step_time = seconds if self.step_time is None else a * self.step_time + (1 - a) * seconds
+
+    def drop_losses(self) -> None:
+        """Forget the losses of steps that were rolled back (their tokens and time still count)."""
+        self.losses = []
+
+    @property
+    def mean_loss(self) -> float:
+        return sum(self.losses) / len(self.losses)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def eta(self, steps_left: int) -> float:
+        return steps_left * (self.step_time or 0.0)
+
+    def reset(self) -> None:
+        """Start a new report interval (the step time keeps its history)."""
+        self.losses, self.tokens, self.seconds = [], 0, 0.0

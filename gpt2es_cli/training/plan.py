@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from gpt2es_cli.artifacts import open_checkpoint
 from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint
 from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.data.dataset import PreparedDataset
@@ -142,7 +143,7 @@ def _model_config(config: TrainConfig, dataset: PreparedDataset, tokenizer: Toke
                 f"--{next(iter(overrides)).replace('_', '-')} cannot change the architecture of the "
                 f"--init-from model {config.init_from}: drop it (only --dropout may change)"
             )
-        init = load_checkpoint(config.init_from)
+        init = open_checkpoint(config.init_from)  # a .pth, a run directory or a Hugging Face directory
         model = init.model_config
         if init.tokenizer_json is not None:
             init_tokenizer = init.tokenizer()

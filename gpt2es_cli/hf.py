@@ -1,4 +1,4 @@
-"""To and from Hugging Face `GPT2LMHeadModel`: one explicit weight map, both directions.
+"""Hugging Face in both directions: to and from `GPT2LMHeadModel`, through one explicit weight map.
 
 Our GPT2 and transformers' GPT-2 compute the same function; they differ only in names and in
 layout: transformers' `Conv1D` stores a projection's weight as (in, out) where our `nn.Linear`
@@ -6,8 +6,11 @@ stores (out, in), so those four matrices per block are transposed on the way. Th
 projection is tied to the token embedding on both sides, so `lm_head.weight` is never written.
 
     export_hf(checkpoint, out_dir)  -> a directory AutoModelForCausalLM / AutoTokenizer load offline
-    load_hf_checkpoint(directory)   -> a Checkpoint (checkpoint.load_checkpoint calls it for
+    load_hf_checkpoint(directory)   -> a Checkpoint (artifacts.open_checkpoint calls it for
                                        directories holding config.json)
+
+This module sits above checkpoint.py (it builds on its Checkpoint, clean_state_dict and
+safe_torch_load); checkpoint.py never imports it.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from typing import Any
 import torch
 
 from gpt2es_cli import __version__
-from gpt2es_cli.checkpoint import Checkpoint, _clean_state_dict, _safe_torch_load
+from gpt2es_cli.checkpoint import Checkpoint, clean_state_dict, safe_torch_load
 from gpt2es_cli.config import ModelConfig
-from gpt2es_cli.errors import CheckpointError, ConfigError, Gpt2esError
+from gpt2es_cli.device import dtype_name, parse_dtype
+from gpt2es_cli.errors import CheckpointError, ConfigError, Gpt2esError, first_line
 from gpt2es_cli.fileio import replace_dir
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import EOS_TOKEN, Tokenizer
@@ -66,7 +70,6 @@ ACTIVATION_FROM_HF = {
     "gelu_pytorch_tanh": "gelu_new",  # the same tanh approximation, computed by torch
     "gelu_fast": "gelu_new",  # the same tanh approximation, factored differently
 }
-EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -82,7 +85,7 @@ def to_hf_state_dict(
     state: dict[str, torch.Tensor], config: ModelConfig, dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
     """Our state_dict -> GPT2LMHeadModel's (without the tied lm_head), contiguous, in `dtype`."""
-    state = _clean_state_dict(state)
+    state = clean_state_dict(state)
     rows = key_map(config.n_layer)
     expected = {ours for ours, _, _ in rows} | {TIED_KEY}
     missing = sorted(expected - set(state))
@@ -267,7 +270,7 @@ def export_hf(
     checkpoint: Checkpoint,
     out_dir: str | Path,
     force: bool = False,
-    dtype: str = "float32",
+    dtype: str | torch.dtype = "float32",
     tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Write `checkpoint` as a Hugging Face GPT-2 directory and return its path.
@@ -275,7 +278,8 @@ def export_hf(
     The directory holds config.json, generation_config.json, model.safetensors, the tokenizer
     (tokenizer.json, tokenizer_config.json, special_tokens_map.json) and a README.md model card;
     `AutoModelForCausalLM.from_pretrained(out_dir)` and `AutoTokenizer.from_pretrained(out_dir)`
-    load it offline. `tokenizer` overrides the checkpoint's; without either, no tokenizer files
+    load it offline. `dtype` is float32, bfloat16 or float16 (or fp32/bf16/fp16, or a torch
+    dtype). `tokenizer` overrides the checkpoint's; without either, no tokenizer files
     are written. The directory appears whole or not at all (written beside it, then renamed); an
     existing non-empty `out_dir` is refused unless `force`, and even then unless it holds a
     previous export (config.json).
@@ -283,8 +287,8 @@ def export_hf(
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    if dtype not in EXPORT_DTYPES:
-        raise ConfigError(f"unknown export dtype {dtype!r}: choose {', '.join(EXPORT_DTYPES)}")
+    weight_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype)
+    dtype = dtype_name(weight_dtype)
     _check_target(out_dir, force)
     config = checkpoint.model_config
     if tokenizer is None and checkpoint.tokenizer_json is not None:
@@ -295,7 +299,7 @@ def export_hf(
             "pass the tokenizer the model was trained with"
         )
     eos_id = tokenizer.eos_id if tokenizer is not None else None
-    tensors = to_hf_state_dict(checkpoint.model_state, config, EXPORT_DTYPES[dtype])
+    tensors = to_hf_state_dict(checkpoint.model_state, config, weight_dtype)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
@@ -497,18 +501,18 @@ def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _read_weight_file(file: Path) -> dict[str, torch.Tensor]:
     if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         if file.stat().st_size == 0:
             raise CheckpointError(f"{file} is empty: the file is truncated or was never written")
         try:
             return load_file(str(file), device="cpu")
-        except Exception as e:  # safetensors raises its own SafetensorError and OS errors
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(
-                f"cannot read {file}: not a valid safetensors file ({reason[:120]})"
+                f"cannot read {file}: not a valid safetensors file ({first_line(e, 120)})"
             ) from None
-    state = _safe_torch_load(file, "cpu")  # weights_only=True: never unpickles code
+    state = safe_torch_load(file, "cpu")  # weights_only=True: never unpickles code
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{file} is not a state_dict of tensors")
     return state

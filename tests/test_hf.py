@@ -7,11 +7,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from gpt2es_cli.artifacts import open_checkpoint
+from gpt2es_cli.checkpoint import Checkpoint, save_checkpoint
 from gpt2es_cli.cli import app
 from gpt2es_cli.config import ModelConfig
-from gpt2es_cli.errors import CheckpointError
-from gpt2es_cli.export import export_hf, key_map
+from gpt2es_cli.errors import CheckpointError, ConfigError
+from gpt2es_cli.hf import export_hf, key_map, load_hf_checkpoint
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import EOS_TOKEN
 
@@ -76,7 +77,7 @@ def test_exported_logits_match_ours(tmp_path, tiny_tokenizer, activation):
 
 def test_round_trip_is_exact(exported):
     ckpt, out = exported
-    back = load_checkpoint(out)
+    back = open_checkpoint(out)
     assert back.source == "huggingface" and back.path == out
     assert back.model_config == ckpt.model_config
     assert back.tokenizer_json == ckpt.tokenizer_json
@@ -141,30 +142,38 @@ def test_failed_export_leaves_previous_one_intact(tmp_path, exported, monkeypatc
     def disk_full(*args):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("gpt2es_cli.export._write_tokenizer", disk_full)
+    monkeypatch.setattr("gpt2es_cli.hf._write_tokenizer", disk_full)
     with pytest.raises(OSError, match="No space"):
         export_hf(ckpt, out, force=True, dtype="float16")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary directory left
 
 
-def test_export_in_bfloat16(tmp_path, exported):
+@pytest.mark.parametrize("dtype", ["bfloat16", "bf16", torch.bfloat16])
+def test_export_in_bfloat16(tmp_path, exported, dtype):
     ckpt, _ = exported
-    out = export_hf(ckpt, tmp_path / "bf16", dtype="bfloat16")
+    out = export_hf(ckpt, tmp_path / "bf16", dtype=dtype)
     weights = load_file(out / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
-    back = load_checkpoint(out)
+    assert "bfloat16 weights" in (out / "README.md").read_text()
+    back = load_hf_checkpoint(out)
     assert back.model_state["wte.weight"].dtype == torch.float32
     torch.testing.assert_close(
         back.model_state["wte.weight"], ckpt.model_state["wte.weight"], atol=1e-2, rtol=1e-2
     )
 
 
+def test_unknown_export_dtype_is_refused_before_writing(tmp_path, exported):
+    with pytest.raises(ConfigError, match="unknown dtype 'float64'"):
+        export_hf(exported[0], tmp_path / "x", dtype="float64")
+    assert not (tmp_path / "x").exists()
+
+
 def test_load_model_saved_by_transformers(tmp_path):
     hf = _tiny_hf_model("gelu")
     hf.save_pretrained(tmp_path / "saved")
-    ckpt = load_checkpoint(tmp_path / "saved")
+    ckpt = open_checkpoint(tmp_path / "saved")
     assert ckpt.tokenizer_json is None and ckpt.model_config.activation == "gelu"
     ours = ckpt.build_model()
     idx = torch.randint(0, 300, (2, 30), generator=torch.Generator().manual_seed(0))
@@ -187,7 +196,7 @@ def test_load_old_style_bin_without_prefix_or_lm_head(tmp_path, exported):
         state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
     torch.save(state, old / "pytorch_model.bin")
     ckpt.tokenizer().backend.model.save(str(old))  # vocab.json + merges.txt
-    back = load_checkpoint(old)
+    back = open_checkpoint(old)
     assert back.model_config == ckpt.model_config
     for key, value in ckpt.model_state.items():
         assert torch.equal(back.model_state[key], value), key
@@ -218,7 +227,7 @@ def test_bad_hf_directories_give_clear_errors(tmp_path, exported, changes, weigh
     if weights:
         save_file(load_file(exported[1] / "model.safetensors"), str(bad / "model.safetensors"))
     with pytest.raises(CheckpointError) as e:
-        load_checkpoint(bad)
+        open_checkpoint(bad)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -226,12 +235,12 @@ def test_corrupt_weights_and_untied_head_are_refused(tmp_path, exported):
     bad = _hf_dir(tmp_path, exported)
     (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
-        load_checkpoint(bad)
+        open_checkpoint(bad)
     weights = load_file(exported[1] / "model.safetensors")
     weights["lm_head.weight"] = torch.randn_like(weights["transformer.wte.weight"])
     save_file(weights, str(bad / "model.safetensors"))
     with pytest.raises(CheckpointError, match="lm_head.weight differs from the token embedding"):
-        load_checkpoint(bad)
+        open_checkpoint(bad)
 
 
 def test_cli_export_and_refusal(tmp_path, tiny_checkpoint):
@@ -252,6 +261,14 @@ def test_cli_export_and_refusal(tmp_path, tiny_checkpoint):
     assert result.exit_code == 0, result.output
     assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float16}
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+    result = runner.invoke(app, ["export", str(tiny_checkpoint), str(out), "--force", "--dtype", "bf16"])
+    assert result.exit_code == 0, result.output
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+    assert "(bfloat16)" in result.stdout
+
+    result = runner.invoke(app, ["export", str(tiny_checkpoint), str(out), "--force", "--dtype", "int4"])
+    assert result.exit_code == 1 and "unknown dtype 'int4'" in result.stderr
 
     result = runner.invoke(app, ["export", str(tiny_checkpoint), str(tmp_path), "--force"])
     assert result.exit_code == 1 and "holds no model" in result.stderr

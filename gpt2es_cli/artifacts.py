@@ -1,0 +1,150 @@
+"""Open whatever path the user gave: the one place that decides what a path on the command line is.
+
+    CHECKPOINT        a gpt2es .pth file, a run directory (its best.pth, else last.pth), or a
+                      local Hugging Face GPT-2 directory (config.json); none given means the
+                      newest run under runs/ (`default_checkpoint`)
+    tokenizer source  a tokenizer.json, a tokenizer directory (tokenizer.json or vocab.json +
+                      merges.txt), a prepared dataset, or anything a CHECKPOINT may be
+    data directory    a prepared dataset (meta.json); for `eval` with none given, the dataset
+                      the checkpoint was trained on (`recorded_dataset`)
+
+This module sits above checkpoint.py, hf.py and data/: it only dispatches to them. Defaults
+come back as a `Chosen` (the path and why), so the CLI can say which file it picked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint
+from gpt2es_cli.data.dataset import PreparedDataset
+from gpt2es_cli.errors import CheckpointError, DataError
+from gpt2es_cli.hf import load_hf_checkpoint
+from gpt2es_cli.tokenizer import Tokenizer
+
+RUNS_DIR = Path("runs")
+"""Where `gpt2es train` writes runs by default (runs/<dataset name>), relative to the working directory."""
+RUN_DIR_CHECKPOINTS = ("best.pth", "last.pth")
+"""What a run directory stands for, in order of preference."""
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A path the user did not give, and why it was picked."""
+
+    path: Path
+    reason: str
+    """E.g. 'the newest run under runs/'."""
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.reason})"
+
+
+# --- what a path is -------------------------------------------------------------------------
+def is_dataset(path: str | Path) -> bool:
+    """Whether `path` is a prepared dataset directory (it holds meta.json)."""
+    path = Path(path)
+    return path.is_dir() and (path / "meta.json").is_file()
+
+
+def is_hf_model(path: str | Path) -> bool:
+    """Whether `path` is a Hugging Face model directory (it holds config.json)."""
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def run_checkpoint(run_dir: Path) -> Path | None:
+    """A run directory's best.pth, else its last.pth; None when it has neither."""
+    for name in RUN_DIR_CHECKPOINTS:
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
+
+
+def checkpoint_path(path: str | Path) -> Path:
+    """The .pth file or Hugging Face directory a CHECKPOINT argument names."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: check the path")
+    if not path.is_dir() or is_hf_model(path):
+        return path
+    found = run_checkpoint(path)
+    if found is None:
+        raise CheckpointError(
+            f"{path} is a directory with no checkpoint: expected a Hugging Face model "
+            f"(config.json) or a run directory ({' or '.join(RUN_DIR_CHECKPOINTS)})"
+        )
+    return found
+
+
+# --- opening --------------------------------------------------------------------------------
+def open_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a gpt2es .pth, a run directory's checkpoint, or a local Hugging Face GPT-2 directory."""
+    path = checkpoint_path(path)
+    if path.is_dir():
+        return load_hf_checkpoint(path)
+    return load_checkpoint(path, map_location)
+
+
+def open_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of anything that has one: a tokenizer.json or tokenizer directory, a
+    prepared dataset, a gpt2es checkpoint or run directory, or a Hugging Face directory."""
+    path = Path(path)
+    if is_dataset(path):
+        return PreparedDataset.open(path).tokenizer()
+    if path.is_file() and path.suffix == ".json":
+        return Tokenizer.from_path(path)
+    if path.is_dir() and not is_hf_model(path) and (
+        (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()
+    ):
+        return Tokenizer.from_path(path)
+    return open_checkpoint(path).tokenizer()
+
+
+# --- defaults -------------------------------------------------------------------------------
+def default_checkpoint(runs_dir: str | Path = RUNS_DIR) -> Chosen:
+    """The checkpoint to use when none is given: the newest run's best.pth, else its last.pth.
+
+    The newest run is the one holding the most recently modified best.pth or last.pth among
+    runs_dir/*/. Raises a one-line CheckpointError when there is none.
+    """
+    runs_dir = Path(runs_dir)
+    found = [p for name in RUN_DIR_CHECKPOINTS for p in runs_dir.glob(f"*/{name}") if p.is_file()]
+    if not found:
+        raise CheckpointError(
+            f"no checkpoint given and none found under {runs_dir}/: train a model first "
+            "(gpt2es train) or pass a checkpoint (.pth, run directory or Hugging Face directory)"
+        )
+    newest = max(found, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+    chosen = run_checkpoint(newest.parent)
+    assert chosen is not None  # newest itself is there
+    return Chosen(chosen, f"the newest run under {runs_dir}/")
+
+
+def checkpoint_or_default(path: str | Path | None, runs_dir: str | Path = RUNS_DIR) -> tuple[Path, Chosen | None]:
+    """The CHECKPOINT argument as given, or the default one (then also returned as a Chosen)."""
+    if path is not None:
+        return Path(path), None
+    chosen = default_checkpoint(runs_dir)
+    return chosen.path, chosen
+
+
+def recorded_dataset(checkpoint: Checkpoint) -> Chosen:
+    """The dataset `checkpoint` was trained on, as its training state records it, if it is still
+    there. Raises a one-line DataError when it is unknown or gone."""
+    recorded = checkpoint.trained_on
+    name = checkpoint.path if checkpoint.path is not None else "the checkpoint"
+    if recorded is None:
+        raise DataError(
+            f"{name} does not record the dataset it was trained on: pass --data DATA_DIR or --text FILE_OR_DIR"
+        )
+    path = Path(recorded)
+    if not is_dataset(path):
+        why = "is no longer there" if not path.exists() else "is no longer a prepared dataset (no meta.json)"
+        raise DataError(
+            f"{name} was trained on {path}, which {why}: pass --data DATA_DIR or --text FILE_OR_DIR"
+        )
+    return Chosen(path, f"the dataset {name} was trained on")

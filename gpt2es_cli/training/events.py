@@ -1,0 +1,173 @@
+"""What the training loop reports: typed events, each of which gives its own metrics record.
+
+The loop emits, in order: `TrainStart`; then `StepReport` every `log_interval` steps,
+`ValidationDone` every `eval_interval` steps, `Recovery` after a non-finite loss and `Saved`
+after each checkpoint (last.pth, or best.pth after a new lowest validation loss); and
+`TrainEnd` with the summary when the run ends (a budget, --max-time, Ctrl-C or divergence; an
+exception ends it without one). Subscribers (training/subscribers/, the CLI's display) take them.
+
+An event that belongs in metrics.jsonl has a `kind` (the record's "type") and `record()` gives
+its line: every field under its record name (`RECORD_NAMES`) except those in `unrecorded`,
+non-finite floats as null (JSON has no NaN). So a field is declared once, on its event.
+
+The record history travels in the checkpoint (resume restores it, `inspect` reads it), so the
+loop keeps it as part of its training state, not any subscriber: subscribers are sinks that
+may or may not be there. `TrainStart.history` hands them what the run already holds, so a
+metrics file can start as exactly what the checkpoint knew.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from gpt2es_cli.config import TrainConfig
+
+RECORD_NAMES = {"tokens_seen": "tokens"}
+"""Fields whose metrics-record key differs from the field name."""
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Event:
+    """Something the loop reports. `kind` is None for events that are not metrics records."""
+
+    kind: str | None = None
+    unrecorded: tuple[str, ...] = ()
+
+    def record(self) -> dict[str, Any] | None:
+        """This event's metrics.jsonl record (plain, JSON-ready data), or None."""
+        if self.kind is None:
+            return None
+        record: dict[str, Any] = {"type": self.kind}
+        for f in fields(self):  # type: ignore[arg-type]  # every event is a dataclass
+            if f.name not in self.unrecorded:
+                record[RECORD_NAMES.get(f.name, f.name)] = _finite_or_none(getattr(self, f.name))
+        return record
+
+
+@dataclass(frozen=True)
+class TrainStart(Event):
+    """The run is planned and about to step."""
+
+    run_dir: Path
+    config: TrainConfig
+    num_parameters: int
+    device: str
+    precision: str
+    world_size: int
+    accum_steps: int
+    tokens_per_step: int
+    total_steps: int
+    budget: str
+    train_tokens: int
+    start_step: int
+    """0 for a new run; the checkpoint's step when resuming."""
+    history: tuple[dict[str, Any], ...] = ()
+    """The metrics records the run already holds (a resumed checkpoint's; empty when new)."""
+
+
+@dataclass(frozen=True)
+class StepReport(Event):
+    """Progress every `log_interval` steps."""
+
+    kind = "train"
+    unrecorded = ("total_steps", "epoch", "eta")
+
+    step: int
+    tokens_seen: int
+    loss: float
+    """Mean training loss over the steps since the last report."""
+    smoothed_loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_second: float
+    mfu: float | None
+    """Model FLOPs utilisation (0..1) where the device's peak is known."""
+    elapsed: float
+    """Seconds of training in the whole run (every invocation)."""
+    total_steps: int
+    epoch: float
+    """Passes over train.bin so far."""
+    eta: float
+    """Seconds until total_steps at the recent step time."""
+
+
+@dataclass(frozen=True)
+class ValidationDone(Event):
+    """The loss on the fixed validation windows (and a sample), every `eval_interval` steps."""
+
+    kind = "eval"
+
+    step: int
+    tokens_seen: int
+    val_loss: float
+    val_perplexity: float
+    best: bool
+    """This is the lowest validation loss so far (best.pth is written next)."""
+    sample: str | None
+    """A continuation of `sample_prompt`, prompt included."""
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class Recovery(Event):
+    """A non-finite loss or gradient: the step was dropped and the last good state restored."""
+
+    kind = "recovery"
+    unrecorded = ("max_attempts",)
+
+    step: int
+    restored_step: int
+    lr_scale: float
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Saved(Event):
+    """A checkpoint was written."""
+
+    path: Path
+    step: int
+    best: bool = False
+    """best.pth (weights only, lowest validation loss) rather than last.pth."""
+
+
+@dataclass
+class TrainSummary:
+    """How a run ended."""
+
+    run_dir: Path
+    stop_reason: str
+    """max_steps / max_tokens / epochs (budget reached), max_time, interrupted, or diverged."""
+    step: int
+    total_steps: int
+    tokens_seen: int
+    elapsed: float
+    """Seconds of training in this invocation."""
+    tokens_per_second: float
+    """Average over this invocation."""
+    final_loss: float | None
+    """Smoothed training loss at the end."""
+    val_loss: float | None
+    """The last validation loss."""
+    best_val_loss: float | None
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    recoveries: int
+    """How many times a non-finite loss rolled the model back."""
+    start_step: int
+
+
+@dataclass(frozen=True)
+class TrainEnd(Event):
+    """The run ended (last.pth is written); the same summary `train` returns."""
+
+    summary: TrainSummary
