@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2es_cli.demo import DEFAULT_MAX_BYTES as DEMO_BYTES
-from gpt2es_cli.errors import ConfigError
+from gpt2es_cli.errors import ConfigError, GenerationError
 from gpt2es_cli.settings import build, field_problems, parse_duration, parse_size, setting
 
 ACTIVATIONS = ("gelu", "gelu_new")
@@ -322,4 +322,48 @@ class PrepareConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "options") -> PrepareConfig:
+        return build(cls, data, source)
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How `gpt2es sample` (and the sample shown while training) picks each next token.
+
+    Like TrainConfig, each field is one setting (option, --help, check)."""
+
+    max_new_tokens: int = setting(200, ge=1, le=1 << 20)
+    """New tokens per sample at most."""
+    temperature: float = setting(0.8, ge=0, le=100)
+    """Softmax temperature; 0 is greedy (always the most likely token)."""
+    top_k: int | None = setting(50, ge=0, le=1 << 24)
+    """Sample among the k most likely tokens; 0 disables."""
+    top_p: float | None = setting(0.95, gt=0, le=1)
+    """Nucleus sampling: the smallest set of tokens with probability >= p; 1 disables."""
+    repetition_penalty: float = setting(1.0, gt=0, le=100)
+    """>1 makes tokens already in the text less likely (CTRL-style); 1 disables."""
+    stop_at_eos: bool = setting(True, flag="--stop-at-eos/--ignore-eos")
+    """End a sample at <|endoftext|> (--ignore-eos: keep going)."""
+    seed: int | None = setting(None, ge=0, le=2**63 - 1, default_text="a fresh random seed")
+    """Seed for reproducible samples."""
+    num_samples: int = setting(1, ge=1, le=4096, short="-n")
+    """Samples, generated as one batch."""
+
+    def problems(self) -> list[str]:
+        return field_problems(self)
+
+    def validate(self) -> GenerationConfig:
+        found = self.problems()
+        if found:
+            raise GenerationError("invalid generation settings: " + "; ".join(found))
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "options") -> GenerationConfig:
         return build(cls, data, source)

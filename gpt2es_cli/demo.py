@@ -356,7 +356,7 @@ _NAMES = {key: tuple(names.split()) for key, names in _NAMES.items()}
 _FAMILY = (("su abuela", "f"), ("su abuelo", "m"), ("su madre", "f"), ("su padre", "m"),
            ("su hermanito", "m"), ("su hermana pequeña", "f"), ("su mejor amigo", "m"),
            ("su mejor amiga", "f"))
-_GIVERS = _FAMILY[:4] + (("su madrina", "f"), ("su padrino", "m"))
+_GIVERS = (*_FAMILY[:4], ("su madrina", "f"), ("su padrino", "m"))
 
 # --- Journeys: landscapes, helpers with their troubles, obstacles ------------------------------
 

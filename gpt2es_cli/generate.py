@@ -8,56 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 
-from gpt2es_cli.errors import GenerationError
+from gpt2es_cli.config import GenerationConfig
 from gpt2es_cli.model import GPT2
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """How to pick each next token."""
-
-    max_new_tokens: int = 200
-    """Stop after this many new tokens per sample."""
-    temperature: float = 0.8
-    """Softmax temperature; 0 means greedy (always the most likely token)."""
-    top_k: int | None = 50
-    """Sample only among the k most likely tokens (None or 0: no limit)."""
-    top_p: float | None = 0.95
-    """Sample only among the most likely tokens whose probabilities add up to p (nucleus; 1 or None: off)."""
-    repetition_penalty: float = 1.0
-    """>1 makes tokens already in the text less likely (CTRL-style; 1 disables)."""
-    stop_at_eos: bool = True
-    """End a sample when it produces <|endoftext|>."""
-    seed: int | None = None
-    """Seed for reproducible sampling (None: a fresh random seed)."""
-
-    def problems(self) -> list[str]:
-        found = []
-        if self.max_new_tokens < 1:
-            found.append(f"max new tokens must be at least 1 (got {self.max_new_tokens})")
-        if self.temperature < 0:
-            found.append(f"temperature must be >= 0 (got {self.temperature}); 0 means greedy")
-        if self.top_k is not None and self.top_k < 0:
-            found.append(f"top-k must be >= 0 (got {self.top_k}); 0 disables it")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            found.append(f"top-p must be in (0, 1] (got {self.top_p})")
-        if self.repetition_penalty <= 0:
-            found.append(f"repetition penalty must be > 0 (got {self.repetition_penalty}); 1 disables it")
-        return found
-
-    def validate(self) -> GenerationConfig:
-        found = self.problems()
-        if found:
-            raise GenerationError("invalid generation settings: " + "; ".join(found))
-        return self
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
 
 def next_tokens(
@@ -103,7 +59,7 @@ def truncate_prompt(prompt_ids: list[int], context: int) -> tuple[list[int], int
 
 
 class Generation:
-    """Samples `num_samples` continuations of one prompt as one batch, a step at a time.
+    """Samples `config.num_samples` (or `num_samples`) continuations of one prompt as one batch, a step at a time.
 
     Iterating yields, at each step, the list of new token ids (one per sample; None for a
     sample that already ended). `samples` holds each sample's new ids (without <|endoftext|>),
@@ -124,13 +80,14 @@ class Generation:
         prompt_ids: list[int],
         config: GenerationConfig,
         eos_id: int,
-        num_samples: int = 1,
+        num_samples: int | None = None,
         use_cache: bool = True,
         autocast: contextlib.AbstractContextManager | None = None,
     ):
+        if num_samples is not None:
+            config = replace(config, num_samples=num_samples)
         config.validate()
-        if num_samples < 1:
-            raise GenerationError(f"number of samples must be at least 1 (got {num_samples})")
+        num_samples = config.num_samples
         self.model = model
         self.config = config
         self.eos_id = eos_id
@@ -208,7 +165,7 @@ def generate(
     prompt_ids: list[int],
     config: GenerationConfig,
     eos_id: int,
-    num_samples: int = 1,
+    num_samples: int | None = None,
     use_cache: bool = True,
     autocast: contextlib.AbstractContextManager | None = None,
 ) -> list[list[int]]:

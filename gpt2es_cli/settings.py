@@ -81,7 +81,8 @@ def spec_of(f: Field) -> Spec:
 
 def option_name(f: Field) -> str:
     """The command-line name of a field: --batch-size for batch_size."""
-    return spec_of(f).flag or "--" + f.name.replace("_", "-")
+    flag = spec_of(f).flag
+    return flag.split("/")[0] if flag else "--" + f.name.replace("_", "-")
 
 
 @functools.cache
@@ -125,9 +126,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _number(x: float) -> str:
+    """1048576 -> '1048576', 0.5 -> '0.5', 1e-08 -> '1e-08'."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
 def _range_text(spec: Spec) -> str:
-    low = f"> {spec.gt:g}" if spec.gt is not None else f">= {spec.ge:g}" if spec.ge is not None else ""
-    high = f"< {spec.lt:g}" if spec.lt is not None else f"<= {spec.le:g}" if spec.le is not None else ""
+    low = f"> {_number(spec.gt)}" if spec.gt is not None else f">= {_number(spec.ge)}" if spec.ge is not None else ""
+    high = f"< {_number(spec.lt)}" if spec.lt is not None else f"<= {_number(spec.le)}" if spec.le is not None else ""
     if low and high:
         return f"{low} and {high}"
     return low or high
@@ -150,7 +156,7 @@ def _check_value(name: str, kind: type, spec: Spec, value: Any) -> str | None:
             or (spec.lt is not None and not value < spec.lt)
             or (spec.le is not None and not value <= spec.le)
         ):
-            return f"{name} must be {_range_text(spec)} (got {value:g})"
+            return f"{name} must be {_range_text(spec)} (got {_number(value)})"
         return None
     if kind in (str, Path):
         if not isinstance(value, (str, Path)):

@@ -10,16 +10,16 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from gpt2es_cli.checkpoint import save_model  # noqa: E402
-from gpt2es_cli.config import ModelConfig  # noqa: E402
-from gpt2es_cli.data.dataset import DatasetWriter  # noqa: E402
-from gpt2es_cli.model import GPT2  # noqa: E402
-from gpt2es_cli.tokenizer import Tokenizer  # noqa: E402
+from gpt2es_cli.checkpoint import save_model
+from gpt2es_cli.config import ModelConfig
+from gpt2es_cli.data.dataset import DatasetWriter
+from gpt2es_cli.model import GPT2
+from gpt2es_cli.tokenizer import Tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -134,9 +134,9 @@ def test_empty_prompt_starts_from_end_of_text(model):
 def test_invalid_settings_listed_together(model):
     with pytest.raises(GenerationError) as e:
         GenerationConfig(temperature=-1, top_p=0, max_new_tokens=0, repetition_penalty=0).validate()
-    for part in ("temperature", "top-p", "max new tokens", "repetition penalty"):
+    for part in ("--temperature", "--top-p", "--max-new-tokens", "--repetition-penalty"):
         assert part in str(e.value)
-    with pytest.raises(GenerationError, match="number of samples"):
+    with pytest.raises(GenerationError, match="--num-samples must be >= 1"):
         Generation(model, [1], GREEDY, eos_id=0, num_samples=0)
 
 

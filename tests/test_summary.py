@@ -5,8 +5,8 @@ import pytest
 from rich.console import Console
 
 from gpt2es_cli.cli.render_data import render_dataset_summary
-from gpt2es_cli.data import summary as summary_module
 from gpt2es_cli.config import PrepareConfig
+from gpt2es_cli.data import summary as summary_module
 from gpt2es_cli.data.prepare import prepare
 from gpt2es_cli.data.sources import resolve_source
 from gpt2es_cli.data.summary import describe_dataset, document_lengths

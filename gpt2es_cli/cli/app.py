@@ -28,6 +28,7 @@ app = typer.Typer(
 console = Console(highlight=False)  # results: stdout
 err_console = Console(stderr=True, highlight=False)  # errors, warnings and hints: stderr
 _state = {"debug": False}
+CHECKPOINT_HELP = "A gpt2es checkpoint (.pth), a run directory, or a local Hugging Face GPT-2 directory."
 
 
 def _version(value: bool) -> None:
@@ -58,6 +59,11 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """A hint on stderr, e.g. which checkpoint a default picked."""
+    err_console.print(f"[dim]{escape(message)}[/]", soft_wrap=True)
 
 
 def command(name: str, **kwargs: Any) -> Callable[[Callable], Callable]:

@@ -18,8 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from gpt2es_cli.artifacts import recorded_dataset
-from gpt2es_cli.cli.app import command, console, err_console
-from gpt2es_cli.cli.sample import CHECKPOINT_HELP, note
+from gpt2es_cli.cli.app import CHECKPOINT_HELP, command, console, err_console, note
 from gpt2es_cli.errors import ConfigError
 from gpt2es_cli.evaluate import EvalResult, EvalText, evaluate_ids
 from gpt2es_cli.inference import load_model

@@ -10,8 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gpt2es_cli.cli import fmt
-from gpt2es_cli.cli.app import command, console, warn
-from gpt2es_cli.cli.sample import CHECKPOINT_HELP, note
+from gpt2es_cli.cli.app import CHECKPOINT_HELP, command, console, note, warn
 from gpt2es_cli.config import ModelConfig
 
 

@@ -12,8 +12,7 @@ from rich.text import Text
 
 from gpt2es_cli.artifacts import checkpoint_or_default, is_dataset, open_checkpoint, open_tokenizer
 from gpt2es_cli.cli import fmt
-from gpt2es_cli.cli.app import command, console
-from gpt2es_cli.cli.sample import note
+from gpt2es_cli.cli.app import command, console, note
 from gpt2es_cli.errors import ConfigError, DataError
 from gpt2es_cli.tokenizer import Tokenizer
 

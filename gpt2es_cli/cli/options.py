@@ -42,7 +42,7 @@ def _parameter(cls: type, f: Field) -> inspect.Parameter:
     if spec.parse is not None or kind not in (int, float, bool):
         kind = str  # parsed by the dataclass (durations, sizes) or plain text (paths, names)
     if kind is bool:
-        decls = [f"{name}/--no-{name.removeprefix('--')}"]
+        decls = [spec.flag if spec.flag and "/" in spec.flag else f"{name}/--no-{name.removeprefix('--')}"]
     else:
         decls = [name, *spec.aliases] + ([spec.short] if spec.short else [])
     if kind is bool and spec.short:

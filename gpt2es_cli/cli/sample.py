@@ -5,28 +5,23 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Group
 from rich.live import Live
-from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 
-from gpt2es_cli.cli.app import command, console, err_console, warn
+from gpt2es_cli.cli.app import CHECKPOINT_HELP, command, console, err_console, note, warn
+from gpt2es_cli.cli.options import settings_options
+from gpt2es_cli.config import GenerationConfig
 from gpt2es_cli.errors import GenerationError
-from gpt2es_cli.generate import Generation, GenerationConfig
+from gpt2es_cli.generate import Generation
 from gpt2es_cli.inference import load_model
 from gpt2es_cli.tokenizer import StreamDecoder, Tokenizer
 
-CHECKPOINT_HELP = "A gpt2es checkpoint (.pth), a run directory, or a local Hugging Face GPT-2 directory."
 DEFAULT_CHECKPOINT_HELP = CHECKPOINT_HELP + " Default: the newest run's best.pth (else last.pth) under runs/."
-
-
-def note(message: str) -> None:
-    """A hint on stderr, e.g. which checkpoint a default picked (commands taking a CHECKPOINT use it)."""
-    err_console.print(f"[dim]{escape(message)}[/]", soft_wrap=True)
 
 
 def read_prompt_file(path: Path) -> str:
@@ -42,20 +37,14 @@ def read_prompt_file(path: Path) -> str:
 
 
 @command("sample")
+@settings_options(GenerationConfig)
 def sample(
+    given: dict[str, Any],
     checkpoint: Annotated[Path | None, typer.Argument(metavar="CHECKPOINT", help=DEFAULT_CHECKPOINT_HELP, show_default=False)] = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue.")] = "Había una vez",
     prompt_file: Annotated[
         Path | None, typer.Option(help="Read the prompt from a UTF-8 file (overrides --prompt).")
     ] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-n", help="Samples, generated as one batch.")] = 1,
-    max_new_tokens: Annotated[int, typer.Option(help="New tokens per sample at most.")] = 200,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature; 0 is greedy.")] = 0.8,
-    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens; 0 disables.")] = 50,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling: smallest set with probability >= p; 1 disables.")] = 0.95,
-    repetition_penalty: Annotated[float, typer.Option(help=">1 discourages repeating tokens; 1 disables.")] = 1.0,
-    seed: Annotated[int | None, typer.Option(help="Seed for reproducible samples.")] = None,
-    ignore_eos: Annotated[bool, typer.Option(help="Keep going past <|endoftext|>.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     dtype: Annotated[
         str,
@@ -73,17 +62,7 @@ def sample(
     interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Ask for prompts in a loop (Ctrl-D quits).")] = False,
 ) -> None:
     """Generate text from a checkpoint (default: the newest run under runs/), streamed token by token."""
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k or None,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        stop_at_eos=not ignore_eos,
-        seed=seed,
-    ).validate()
-    if num_samples < 1:
-        raise GenerationError(f"--num-samples must be at least 1 (got {num_samples})")
+    config = GenerationConfig.from_dict(given)
     if prompt_file is not None:
         prompt = read_prompt_file(prompt_file)
     ready = load_model(checkpoint, device=device, dtype=dtype, quantize=quantize)
@@ -97,7 +76,6 @@ def sample(
             tokenizer.encode(text),
             config,
             tokenizer.eos_id,
-            num_samples=num_samples,
             use_cache=not no_cache,
         )
         if gen.truncated:

@@ -167,7 +167,7 @@ def _model_config(config: TrainConfig, dataset: PreparedDataset, tokenizer: Toke
 def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None = None,
              force: bool = False) -> RunPlan:
     """Resolve and check a run without writing anything (raises on the first blocking problem)."""
-    config.validate()
+    config.validate(world_size)
     dataset = PreparedDataset.open(config.data)
     tokenizer = dataset.tokenizer()
     model_config, init_weights = _model_config(config, dataset, tokenizer, resume)
@@ -198,13 +198,7 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         )
 
     per_pass = config.batch_size * world_size
-    global_batch = config.global_batch or per_pass
-    if global_batch % per_pass:
-        fit = max(per_pass, round(global_batch / per_pass) * per_pass)
-        raise ConfigError(
-            f"--global-batch {global_batch} is not a multiple of --batch-size {config.batch_size} x "
-            f"{world_size} process(es) = {per_pass}: use --global-batch {fit}"
-        )
+    global_batch = config.global_batch or per_pass  # a multiple of per_pass: config.validate(world_size)
     tokens_per_step = global_batch * seq_len
     budgets = {}
     if config.max_steps is not None:
