@@ -1,18 +1,20 @@
-"""Atomic writes: a file or directory is either the old one or the new one, never half of each.
+"""Atomic writes (a file or directory is either the old one or the new one, never half of each),
+and reading the JSON files we write.
 
 Kept free of torch so the data pipeline (and its worker processes) can use it cheaply.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from gpt2es_cli.errors import Gpt2esError
+from gpt2es_cli.errors import Gpt2esError, first_line
 
 
 def current_umask() -> int:
@@ -66,3 +68,14 @@ def replace_dir(new: Path, target: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json_object(path: Path, error: type[Gpt2esError], fix: str) -> dict[str, Any]:
+    """A JSON object from `path`; a file that is not one raises `error` in one line ending in `fix`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise error(f"{path} is damaged ({first_line(e)}): {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} is damaged (not a JSON object): {fix}")
+    return data

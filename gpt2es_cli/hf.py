@@ -29,7 +29,7 @@ from gpt2es_cli.checkpoint import Checkpoint, clean_state_dict, safe_torch_load
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.device import dtype_name, parse_dtype
 from gpt2es_cli.errors import CheckpointError, ConfigError, Gpt2esError, first_line
-from gpt2es_cli.fileio import replace_dir
+from gpt2es_cli.fileio import read_json_object, replace_dir
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import EOS_TOKEN, Tokenizer
 
@@ -446,12 +446,7 @@ def load_hf_checkpoint(path: str | Path) -> Checkpoint:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path} has no config.json: it is not a Hugging Face model directory")
-    try:
-        data = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{config_file} is not valid JSON ({e}): the file is damaged") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{config_file} is not a JSON object: the file is damaged")
+    data = read_json_object(config_file, CheckpointError, "download or export the model again")
     config = model_config_from_hf(data, config_file)
     state = _read_hf_weights(path)
     model_state = from_hf_state_dict(

@@ -48,6 +48,21 @@ def make_dataset(path, tokenizer, texts, repeats=40, val_repeats=2):
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and the shared 2-core machine stays usable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def train_dataset(tmp_path, tiny_tokenizer, spanish_texts):
+    """A prepared dataset of the Spanish test sentences, for training runs."""
+    return make_dataset(tmp_path / "data", tiny_tokenizer, spanish_texts)
+
+
 @pytest.fixture(scope="session")
 def spanish_texts() -> list[str]:
     return list(SPANISH_SENTENCES)

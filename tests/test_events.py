@@ -7,7 +7,6 @@ from typing import ClassVar
 
 import pytest
 import torch
-from conftest import make_dataset
 
 from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.training import (
@@ -23,18 +22,12 @@ from gpt2es_cli.training import (
 from gpt2es_cli.training.subscribers.jsonl import MetricsFile
 from gpt2es_cli.training.subscribers.plot import LossPlot
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def dataset(tmp_path, tiny_tokenizer, spanish_texts):
-    return make_dataset(tmp_path / "data", tiny_tokenizer, spanish_texts)
+def dataset(train_dataset):
+    return train_dataset
 
 
 def tiny_run(dataset, out, **kw) -> TrainConfig:

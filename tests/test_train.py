@@ -36,18 +36,12 @@ from gpt2es_cli.training.optim import learning_rate, parameter_groups
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the shared 2-core machine stays usable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def dataset(tmp_path, tiny_tokenizer, spanish_texts):
-    return make_dataset(tmp_path / "data", tiny_tokenizer, spanish_texts)
+def dataset(train_dataset):
+    return train_dataset
 
 
 def tiny_run(dataset, out, **kw) -> TrainConfig:

@@ -29,7 +29,7 @@ import numpy as np
 
 from gpt2es_cli import __version__
 from gpt2es_cli.errors import DataError
-from gpt2es_cli.fileio import current_umask, replace_dir
+from gpt2es_cli.fileio import current_umask, read_json_object, replace_dir
 from gpt2es_cli.tokenizer import Tokenizer
 
 FORMAT = "gpt2es-dataset"
@@ -151,11 +151,8 @@ class PreparedDataset:
         meta_file = path / "meta.json"
         if not meta_file.is_file():
             raise DataError(f"{path} is not a prepared dataset (no meta.json): run `gpt2es prepare --out {path}`")
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{meta_file} is damaged ({e}): prepare the dataset again") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        meta = read_json_object(meta_file, DataError, "prepare the dataset again")
+        if meta.get("format") != FORMAT:
             raise DataError(f"{path} is not a gpt2es dataset (meta.json has no format {FORMAT!r})")
         if int(meta.get("format_version", 0)) > FORMAT_VERSION:
             raise DataError(f"{path} was prepared by a newer gpt2es: upgrade with pip install -U gpt2es")
