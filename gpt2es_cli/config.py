@@ -102,6 +102,7 @@ PRESETS: dict[str, ModelConfig] = {
 # --- training -----------------------------------------------------------------------------------
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
+OPTIMIZERS = ("adamw", "muon")
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_positions", "dropout")
 """TrainConfig fields that override the preset's ModelConfig."""
 
@@ -123,8 +124,9 @@ class TrainConfig:
     """Run directory for checkpoints and metrics."""
     seq_len: int | None = setting(None, ge=1, le=1 << 20, panel=DATA, default_text="the model's context")
     """Tokens per training window."""
-    batch_size: int = setting(8, ge=1, le=1 << 16, short="-b", panel=DATA)
-    """Windows per forward pass in each process (micro-batch)."""
+    batch_size: int | str = setting(8, ge=1, le=1 << 16, auto=True, short="-b", panel=DATA)
+    """Windows per forward pass in each process (micro-batch), or auto: the largest that fits in memory
+    (the global batch is kept by accumulating gradients)."""
     global_batch: int | None = setting(None, ge=1, le=1 << 24, panel=DATA, default_text="--batch-size x processes")
     """Windows per optimizer step over all processes; gradient accumulation makes up the difference."""
     seed: int = setting(1337, ge=0, le=2**63 - 1, panel=DATA)
@@ -169,6 +171,11 @@ class TrainConfig:
     """AdamW's first-moment decay."""
     beta2: float = setting(0.95, ge=0, lt=1, panel=OPTIM)
     """AdamW's second-moment decay."""
+    optimizer: str = setting("adamw", choices=OPTIMIZERS, panel=OPTIM)
+    """adamw for every parameter, or muon: Muon for the hidden weight matrices and AdamW for embeddings, the
+    tied head, norms and biases."""
+    muon_lr: float = setting(0.02, gt=0, le=10, panel=OPTIM)
+    """Peak learning rate of the Muon group (--optimizer muon); it follows the same schedule as --lr."""
     grad_clip: float = setting(1.0, ge=0, le=1e6, panel=OPTIM)
     """Clip the gradient norm to this; 0 disables clipping."""
     nan_retries: int = setting(3, ge=0, le=1000, panel=OPTIM)
@@ -181,6 +188,8 @@ class TrainConfig:
     """Force the compute dtype: float32, bfloat16 or float16 (fp32, bf16, fp16)."""
     compile: bool = setting(False, panel=DEVICE)
     """torch.compile the model (slower to start, faster steps)."""
+    activation_checkpointing: bool = setting(False, panel=DEVICE)
+    """Recompute each block's activations in the backward pass: far less memory, about a third more compute."""
     peak_tflops: float | None = setting(None, gt=0, le=1e6, panel=DEVICE, default_text="known GPUs only")
     """Peak TFLOP/s of one device, for MFU."""
     log_interval: int = setting(10, ge=1, le=_BIG, panel=WATCH)

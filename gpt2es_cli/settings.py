@@ -35,6 +35,9 @@ from typing import Any
 
 from gpt2es_cli.errors import ConfigError, first_line
 
+AUTO = "auto"
+"""The value of a setting (spec.auto) that is chosen at run time."""
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -66,6 +69,8 @@ class Spec:
     """The placeholder shown in --help (e.g. DURATION)."""
     cli: bool = True
     """False: settable from a --config file or code only."""
+    auto: bool = False
+    """A number setting that may also be the word 'auto' (chosen at run time, e.g. --batch-size auto)."""
 
 
 def setting(default: Any = MISSING, **spec: Any) -> Any:
@@ -118,7 +123,10 @@ def base_type(annotation: Any) -> tuple[type, bool]:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return (args[0] if len(args) == 1 else str), True
+        optional = len(args) < len(typing.get_args(annotation))
+        if len(args) == 2 and str in args:  # `int | str`: a number or the word auto (Spec.auto)
+            args.remove(str)
+        return (args[0] if len(args) == 1 else str), optional
     return annotation, False
 
 
@@ -178,6 +186,8 @@ def field_problems(settings: Any, label: Callable[[Field], str] = option_name) -
             if not optional:
                 found.append(f"{label(f)} must be set")
             continue
+        if spec_of(f).auto and value == AUTO:
+            continue
         problem = _check_value(label(f), kind, spec_of(f), value)
         if problem:
             found.append(problem)
@@ -191,8 +201,15 @@ def coerce(cls: type, name: str, value: Any, source: str) -> Any:
     kind, _ = base_type(field_types(cls)[name])
     if value is None:
         return None
+    if spec.auto and isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
     if spec.parse is not None and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return spec.parse(value, option_name(f))
+    if spec.auto and isinstance(value, str) and kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ConfigError(f"{option_name(f)} must be a number or auto (got {value!r})") from None
     if kind is float and _is_number(value):
         return float(value)
     if kind is Path and isinstance(value, str):

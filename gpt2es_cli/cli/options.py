@@ -39,7 +39,7 @@ def _parameter(cls: type, f: Field) -> inspect.Parameter:
     spec = spec_of(f)
     kind, _ = base_type(field_types(cls)[f.name])
     name = option_name(f)
-    if spec.parse is not None or kind not in (int, float, bool):
+    if spec.parse is not None or spec.auto or kind not in (int, float, bool):
         kind = str  # parsed by the dataclass (durations, sizes) or plain text (paths, names)
     if kind is bool:
         decls = [spec.flag if spec.flag and "/" in spec.flag else f"{name}/--no-{name.removeprefix('--')}"]
