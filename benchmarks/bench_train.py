@@ -11,6 +11,10 @@ the dataset size must not show up in it.
 
     python benchmarks/bench_train.py                      # small preset, batch 8, 16k vocab
     python benchmarks/bench_train.py --steps 3 --rss      # quicker, plus the memory check
+    python benchmarks/bench_train.py --preset gpt2 --device cuda --compile --precision bf16   # a GPU
+
+On CUDA the MFU is also given against the GPU's dense bf16 peak from the table in
+gpt2es_cli/training/metrics.py (the datasheet figure), besides the measured matmul peak.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.training.loop import compute_loss
+from gpt2es_cli.training.metrics import peak_flops
 from gpt2es_cli.training.optim import build_optimizer
 
 
@@ -38,16 +43,23 @@ def _load() -> str:
     return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "?"
 
 
-def matmul_peak(dtype: torch.dtype, n: int, seconds: float = 1.0) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, n: int, device: torch.device, seconds: float = 1.0) -> float:
     """Best FLOP/s of an n x n matmul in `dtype` over about `seconds`."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     torch.mm(a, b)
+    sync(device)
     best = 0.0
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         t = time.perf_counter()
         torch.mm(a, b)
+        sync(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - t))
     return best
 
@@ -70,26 +82,34 @@ def hf_model(config: ModelConfig) -> torch.nn.Module:
 def bench_speed(args: argparse.Namespace) -> None:
     config = ModelConfig.from_preset(args.preset, vocab_size=args.vocab)
     T = args.seq_len or config.n_positions
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # what `gpt2es train` sets (device.configure_backends)
     torch.manual_seed(0)
-    ours = GPT2(config).train()
-    theirs = hf_model(config).train()
+    ours = GPT2(config).to(device).train()
+    theirs = hf_model(config).to(device).train()
     flops_per_token = ours.flops_per_token(T)
     print(f"load average {_load()} (the other processes on this machine) | threads {torch.get_num_threads()} | preset {args.preset} ({ours.num_parameters() / 1e6:.1f}M params, "
           f"vocab {args.vocab}) | batch {args.batch} x {T} tokens | {flops_per_token / 1e6:.1f} MFLOP/token")
 
     def measure_peaks() -> dict[str, float]:
-        return {"fp32": matmul_peak(torch.float32, args.matmul_n), "bf16": matmul_peak(torch.bfloat16, args.matmul_n)}
+        return {"fp32": matmul_peak(torch.float32, args.matmul_n, device),
+                "bf16": matmul_peak(torch.bfloat16, args.matmul_n, device)}
 
     peaks = measure_peaks()
-    x_full = torch.randint(0, args.vocab, (args.batch, T + 1))
+    x_full = torch.randint(0, args.vocab, (args.batch, T + 1), device=device)
     x, y = x_full[:, :-1].contiguous(), x_full[:, 1:].contiguous()
+    optimizers = {"gpt2es": build_optimizer(ours, 1e-4, 0.1, (0.9, 0.95)),
+                  "transformers": build_optimizer(theirs, 1e-4, 0.1, (0.9, 0.95))}
+    if args.compile:  # both compiled the same way, as `gpt2es train --compile` does
+        ours, theirs = torch.compile(ours), torch.compile(theirs)
     models = {"gpt2es": ours, "transformers": theirs}
-    optimizers = {name: build_optimizer(m, 1e-4, 0.1, (0.9, 0.95)) for name, m in models.items()}
 
     def step(name: str, amp: bool) -> float:
         model, opt = models[name], optimizers[name]
+        sync(device)
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             if name == "gpt2es":  # what `gpt2es train` runs
                 loss = compute_loss(model, x, y)
             else:  # transformers' own loss; shift_labels: the targets are already shifted
@@ -97,6 +117,7 @@ def bench_speed(args: argparse.Namespace) -> None:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync(device)
         return time.perf_counter() - t
 
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
@@ -126,6 +147,11 @@ def bench_speed(args: argparse.Namespace) -> None:
             mfu_bf16 = flops_per_token * speed[name] / peaks["bf16"]
             print(f"{precision:<10}{name:<14}{speed[name]:>10,.0f}{1000 * best:>9.1f} ({1000 * median:>6.1f})"
                   f"{100 * mfu:>7.1f}%{100 * mfu_bf16:>17.1f}%")
+        if device.type == "cuda":
+            table = peak_flops(None, device)
+            if table:
+                print(f"{precision:<10}{'MFU vs the GPU datasheet bf16 peak (' + f'{table / 1e12:.0f} TFLOP/s)':<40}"
+                      + "  ".join(f"{n} {100 * flops_per_token * speed[n] / table:.1f}%" for n in models))
         median_ratio = statistics.median(times["transformers"]) / statistics.median(times["gpt2es"])
         print(f"{precision:<10}{'ratio':<14}{speed['gpt2es'] / speed['transformers']:>9.2f}x (median {median_ratio:.2f}x)")
 
@@ -177,6 +203,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["both", "fp32", "bf16"], default="both")
     parser.add_argument("--matmul-n", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--rss", action="store_true", help="also check peak RSS against dataset size")
     parser.add_argument("--rss-tokens", type=lambda s: [int(float(v)) for v in s.split(",")],
                         default=[1_000_000, 200_000_000])

@@ -1,0 +1,419 @@
+"""Model quality for a wall-clock budget: gpt2es with its defaults against a nanoGPT-style reference.
+
+For each budget T (minutes), two trainings run AT THE SAME TIME, one CPU thread each, so both
+see the same machine:
+
+- gpt2es: `gpt2es train --amp --max-time T` with its defaults (its own BPE tokenizer trained by
+  `gpt2es prepare`, its default preset), plus any extra options of a --variant;
+- reference: a faithful nanoGPT-style loop written here (karpathy/nanoGPT's model.py and
+  train.py recipe): GPT-2 tokenizer (../shared/gpt2-tokenizer), the same model size as ours,
+  bias on, dropout 0, AdamW betas 0.9/0.95 with weight decay 0.1 on 2-D weights, lr 6e-4 with
+  a linear warmup of 100 iterations (10% if fewer) and a cosine to 6e-5 over max_iters fitted
+  to the budget from its own measured speed, grad clip 1.0, bf16 autocast, random windows,
+  batch 8 x 256.
+
+Both train on the book corpus minus one held-out book and are scored the same way on that book:
+bits per byte (total loss in bits over the book's UTF-8 bytes), sliding window with stride half
+the context, every token scored once, by one scoring function.
+
+    python benchmarks/bench_quality.py --quick              # ~2 minutes per pair, to try it
+    python benchmarks/bench_quality.py --minutes 15,30      # the README table
+    python benchmarks/bench_quality.py --minutes 15 --variant "muon=--optimizer muon"
+
+A variant row trains gpt2es with extra options; it runs paired with the next variant (or with
+another reference run when it is alone), always two at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+CORPUS = SHARED / "corpus" / "es"
+GPT2_DIR = SHARED / "gpt2-tokenizer"
+HELD_OUT = "blasco-ibanez-la-barraca.txt"
+PROMPT = "Había una vez"
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "RAYON_NUM_THREADS": "1"}
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+
+def held_out_text() -> str:
+    return unicodedata.normalize("NFC", (CORPUS / HELD_OUT).read_text(encoding="utf-8"))
+
+
+def prepare_data(work: Path) -> tuple[Path, Path]:
+    """The training books (all but the held-out one) prepared both ways, cached in `work`."""
+    books = work / "books"
+    if not books.is_dir():
+        books.mkdir(parents=True)
+        for f in sorted(CORPUS.glob("*.txt")):
+            if f.name != HELD_OUT:
+                (books / f.name).symlink_to(f)
+    ours = work / "ours-data"
+    if not (ours / "meta.json").is_file():
+        print("preparing the books with gpt2es prepare (its own BPE tokenizer)...", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "gpt2es_cli", "prepare", "-d", str(books), "--txt-mode", "file",
+             "-o", str(ours), "--force"],
+            check=True, stdout=subprocess.DEVNULL,
+        )
+    reference = work / "reference-train.bin"
+    if not reference.is_file():
+        print("tokenizing the books with the GPT-2 tokenizer for the reference...", flush=True)
+        tok = gpt2_tokenizer()
+        eot = tok.token_to_id("<|endoftext|>")
+        texts = [unicodedata.normalize("NFC", f.read_text(encoding="utf-8")) for f in sorted(books.iterdir())]
+        ids: list[int] = []
+        for enc in tok.encode_batch(texts):
+            ids.extend(enc.ids)
+            ids.append(eot)  # nanoGPT's prepare.py ends every document with <|endoftext|>
+        tmp = reference.with_suffix(".tmp")
+        np.asarray(ids, dtype=np.uint16).tofile(tmp)
+        tmp.rename(reference)
+    return ours, reference
+
+
+def gpt2_tokenizer():
+    from tokenizers import Tokenizer
+    from tokenizers.decoders import ByteLevel as ByteLevelDecoder
+    from tokenizers.models import BPE
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    tok = Tokenizer(BPE.from_file(str(GPT2_DIR / "vocab.json"), str(GPT2_DIR / "merges.txt")))
+    tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    tok.decoder = ByteLevelDecoder()
+    return tok
+
+
+# --- the nanoGPT-style reference ---------------------------------------------------------------
+
+
+def reference_model(n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int):
+    """nanoGPT's GPT (model.py): pre-LN blocks, exact GELU, biases, tied head, its init."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class SelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+            self.c_proj = nn.Linear(n_embd, n_embd)
+
+        def forward(self, x):
+            B, T, C = x.size()
+            q, k, v = self.c_attn(x).split(n_embd, dim=2)
+            q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.attn = nn.LayerNorm(n_embd), SelfAttention()
+            self.ln_2 = nn.LayerNorm(n_embd)
+            self.mlp = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd))
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block_size = block_size
+            self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
+            self.h = nn.ModuleList(Block() for _ in range(n_layer))
+            self.ln_f = nn.LayerNorm(n_embd)
+            self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+            self.wte.weight = self.lm_head.weight  # weight tying
+            self.apply(self._init)
+            for name, p in self.named_parameters():
+                if name.endswith(("attn.c_proj.weight", "mlp.2.weight")):  # nanoGPT's scaled residual init
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+        @staticmethod
+        def _init(module):
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+        def forward(self, idx):
+            T = idx.size(1)
+            x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+            for block in self.h:
+                x = block(x)
+            return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    return GPT()
+
+
+def train_reference(data: Path, out: Path, minutes: float, size: dict, seed: int = 1337) -> None:
+    """nanoGPT's train.py recipe for a wall-clock budget (runs in its own process, one thread)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    budget = minutes * 60
+    start = time.perf_counter()
+    batch, block = 8, size["n_positions"]
+    train = np.memmap(data, dtype=np.uint16, mode="r")
+    model = reference_model(size["n_layer"], size["n_head"], size["n_embd"], block, 50304)  # padded, as nanoGPT
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=6e-4, betas=(0.9, 0.95),
+    )
+    lr_max, lr_min = 6e-4, 6e-5
+
+    def get_batch():
+        ix = torch.randint(len(train) - block, (batch,))
+        x = torch.stack([torch.from_numpy(train[i : i + block].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(train[i + 1 : i + 1 + block].astype(np.int64)) for i in ix])
+        return x, y
+
+    def lr_at(it: int, warmup: int, max_iters: int) -> float:  # nanoGPT's get_lr
+        if it < warmup:
+            return lr_max * (it + 1) / (warmup + 1)
+        if it > max_iters:
+            return lr_min
+        ratio = (it - warmup) / max(1, max_iters - warmup)
+        return lr_min + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr_max - lr_min)
+
+    calibrate = 8
+    max_iters, warmup = None, 100
+    it, losses = 0, []
+    t_calibrated = None
+    while True:
+        if max_iters is None and it == calibrate:
+            # max_iters fitted to the budget from this run's own speed (after 2 warm-up iterations)
+            per_iter = (time.perf_counter() - t_calibrated) / (calibrate - 2)
+            left = budget - (time.perf_counter() - start)
+            max_iters = it + max(1, int(left / per_iter))
+            warmup = min(100, max(1, max_iters // 10))
+        if max_iters is not None and it >= max_iters:
+            break
+        if it == 2:
+            t_calibrated = time.perf_counter()
+        lr = lr_at(it, warmup, max_iters or 10**9)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        it += 1
+    elapsed = time.perf_counter() - start
+    torch.save(model.state_dict(), out / "reference.pt")
+    (out / "result.json").write_text(json.dumps({
+        "steps": it, "tokens": it * batch * block, "seconds": elapsed, "warmup": warmup,
+        "final_loss": float(np.mean(losses[-20:])), "size": size,
+    }))
+
+
+# --- scoring (the same for both) -------------------------------------------------------------
+
+
+def score(forward, ids: np.ndarray, context: int, n_bytes: int, batch: int = 8) -> float:
+    """Bits per byte of ids under `forward(x) -> logits (B, T, V)`: sliding window, stride context/2,
+    every target scored exactly once (targets before a window's new part only give it context)."""
+    import torch
+    import torch.nn.functional as F
+
+    stride = context // 2
+    n = len(ids) - 1  # targets ids[1:]
+    window = min(context, n)
+    starts = list(range(0, max(1, n - window) + 1, stride))
+    if starts[-1] + window < n:
+        starts.append(n - window)
+    total, done = 0.0, 0
+    jobs = []
+    for s in starts:
+        first_new = max(done, s)  # targets s+1 .. s+window; score those not scored yet
+        jobs.append((s, first_new - s))
+        done = s + window
+    with torch.no_grad():
+        for i in range(0, len(jobs), batch):
+            chunk = jobs[i : i + batch]
+            x = torch.stack([torch.from_numpy(ids[s : s + window].astype(np.int64)) for s, _ in chunk])
+            y = torch.stack([torch.from_numpy(ids[s + 1 : s + 1 + window].astype(np.int64)) for s, _ in chunk])
+            logits = forward(x).float()
+            nll = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), reduction="none").view(len(chunk), -1)
+            for row, (_, skip) in enumerate(chunk):
+                total += float(nll[row, skip:].sum())
+    return total / math.log(2) / n_bytes
+
+
+def score_ours(run: Path, text: str) -> tuple[float, str]:
+    import torch
+
+    from gpt2es_cli.checkpoint import load_checkpoint
+    from gpt2es_cli.config import GenerationConfig
+    from gpt2es_cli.generate import generate
+
+    ckpt = load_checkpoint(run / "last.pth")
+    model, tok = ckpt.build_model("cpu"), ckpt.tokenizer()
+    ids = np.asarray(tok.encode(text), dtype=np.int64)
+    bpb = score(model, ids, model.config.n_positions, len(text.encode("utf-8")))
+    torch.manual_seed(0)
+    new = generate(model, tok.encode(PROMPT), GenerationConfig(max_new_tokens=40, seed=0), tok.eos_id)[0]
+    return bpb, PROMPT + tok.decode(new)
+
+
+def score_reference(run: Path, text: str) -> tuple[float, str]:
+    import torch
+
+    result = json.loads((run / "result.json").read_text())
+    size = result["size"]
+    model = reference_model(size["n_layer"], size["n_head"], size["n_embd"], size["n_positions"], 50304)
+    model.load_state_dict(torch.load(run / "reference.pt", weights_only=True))
+    model.eval()
+    tok = gpt2_tokenizer()
+    ids = np.asarray(tok.encode(text).ids, dtype=np.int64)
+    bpb = score(model, ids, size["n_positions"], len(text.encode("utf-8")))
+    # nanoGPT's generate: temperature 0.8, top-k 50 (the same settings as ours above)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.tensor([tok.encode(PROMPT).ids])
+    with torch.no_grad():
+        for _ in range(40):
+            logits = model(idx[:, -size["n_positions"]:])[:, -1, :50257] / 0.8
+            v, _ = torch.topk(logits, 50)
+            logits[logits < v[:, [-1]]] = -float("inf")
+            idx = torch.cat([idx, torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)], dim=1)
+    return bpb, tok.decode(idx[0].tolist())
+
+
+# --- the runs -----------------------------------------------------------------------------------
+
+
+def ours_size(data: Path, extra: list[str]) -> dict:
+    """The model size our default (or the variant's options) trains, for the reference to match."""
+    from gpt2es_cli.config import ModelConfig, TrainConfig
+
+    preset = TrainConfig().preset
+    for flag in ("--preset", "-p"):
+        if flag in extra:
+            preset = extra[extra.index(flag) + 1]
+    overrides = {}
+    for name in ("n_layer", "n_head", "n_embd", "n_positions"):
+        flag = "--" + name.replace("_", "-")
+        if flag in extra:
+            overrides[name] = int(extra[extra.index(flag) + 1])
+    cfg = ModelConfig.from_preset(preset, **overrides)
+    return {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "n_positions": cfg.n_positions}
+
+
+def launch_ours(data: Path, out: Path, minutes: float, extra: list[str]) -> subprocess.Popen:
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "gpt2es_cli", "train", "-d", str(data), "-o", str(out), "--amp",
+           "--max-time", f"{minutes * 60:g}s", *extra]
+    log = open(out.parent / f"{out.name}.log", "w")  # closed when the process ends
+    return subprocess.Popen(cmd, env={**os.environ, **ONE_THREAD}, stdout=log, stderr=subprocess.STDOUT)
+
+
+def launch_reference(data: Path, out: Path, minutes: float, size: dict) -> subprocess.Popen:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cmd = [sys.executable, __file__, "--_reference", str(data), str(out), str(minutes), json.dumps(size)]
+    log = open(out.parent / f"{out.name}.log", "w")  # closed when the process ends
+    return subprocess.Popen(cmd, env={**os.environ, **ONE_THREAD}, stdout=log, stderr=subprocess.STDOUT)
+
+
+def ours_result(run: Path) -> dict:
+    from gpt2es_cli.checkpoint import load_checkpoint
+
+    t = load_checkpoint(run / "last.pth").training or {}
+    return {"steps": t.get("step"), "tokens": t.get("tokens_seen"), "seconds": t.get("elapsed")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", default="5,15,30", help="budgets T in minutes, comma-separated")
+    parser.add_argument("--quick", action="store_true", help="one pair of 2-minute runs, to try it")
+    parser.add_argument("--variant", action="append", default=[],
+                        help='extra gpt2es rows: "name=--option value ..." (run in pairs)')
+    parser.add_argument("--no-reference", action="store_true", help="only the variants, paired with each other")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "gpt2es-bench" / "quality")
+    args = parser.parse_args()
+    if not CORPUS.is_dir() or not GPT2_DIR.is_dir():
+        sys.exit(f"needs {CORPUS} and {GPT2_DIR} (the shared corpus and GPT-2 tokenizer)")
+    budgets = [2.0] if args.quick else [float(m) for m in args.minutes.split(",")]
+    variants = [("gpt2es (defaults)", [])] if not args.no_reference else []
+    for v in args.variant:
+        name, _, opts = v.partition("=")
+        variants.append((f"gpt2es {name}", opts.split()))
+    ours_data, ref_data = prepare_data(args.work)
+    text = held_out_text()
+    print(f"held-out book: {HELD_OUT} ({len(text.encode()):,} bytes); machine: {os.cpu_count()} cores, "
+          "one thread per run, two runs at a time\n", flush=True)
+
+    rows = []
+    for minutes in budgets:
+        queue: list[tuple[str, list[str] | None]] = list(variants)
+        if not args.no_reference:
+            queue.insert(1, ("nanoGPT reference", None))
+        while queue:
+            pair, queue = queue[:2], queue[2:]
+            procs = []
+            for name, extra in pair:
+                run = args.work / "runs" / f"{minutes:g}m-{name.replace(' ', '_').replace('(', '').replace(')', '')}"
+                if extra is None:
+                    size = ours_size(ours_data, variants[0][1] if variants else [])
+                    procs.append((name, run, None, launch_reference(ref_data, run, minutes, size)))
+                else:
+                    procs.append((name, run, extra, launch_ours(ours_data, run, minutes, extra)))
+            print(f"T = {minutes:g} min: training {' and '.join(n for n, *_ in procs)} side by side...", flush=True)
+            for name, run, _, proc in procs:
+                if proc.wait() != 0:
+                    sys.exit(f"{name} failed: see {run.parent / (run.name + '.log')}")
+            for name, run, extra, _ in procs:
+                result = json.loads((run / "result.json").read_text()) if extra is None else ours_result(run)
+                bpb, sample = score_reference(run, text) if extra is None else score_ours(run, text)
+                rows.append({"minutes": minutes, "name": name, **result, "bits_per_byte": bpb, "sample": sample})
+                print(f"  {name}: {result['steps']} steps, {result['tokens']:,} tokens, "
+                      f"{result['seconds']:.0f} s, {bpb:.3f} bits/byte", flush=True)
+
+    print("\n| T | run | steps | tokens | wall s | bits/byte | vs reference |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ref = next((x for x in rows if x["minutes"] == r["minutes"] and x["name"] == "nanoGPT reference"), None)
+        ratio = f"{100 * (1 - r['bits_per_byte'] / ref['bits_per_byte']):+.1f}% lower" if ref and r is not ref else "-"
+        print(f"| {r['minutes']:g} min | {r['name']} | {r['steps']} | {r['tokens']:,} | {r['seconds']:.0f} | "
+              f"{r['bits_per_byte']:.3f} | {ratio} |")
+    print("\nSamples (temperature 0.8, top-k 50, seed 0):")
+    for r in rows:
+        print(f"- {r['minutes']:g} min, {r['name']}: {r['sample']!r}")
+    (args.work / "results.json").write_text(json.dumps(rows, ensure_ascii=False, indent=1))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--_reference":
+        _, _, data, out, minutes, size = sys.argv
+        train_reference(Path(data), Path(out), float(minutes), json.loads(size))
+    else:
+        main()
