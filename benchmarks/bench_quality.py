@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("GPT2ES_SHARED", REPO.parent / "shared"))  # ../shared beside the repo
 CORPUS = SHARED / "corpus" / "es"
 GPT2_DIR = SHARED / "gpt2-tokenizer"
 HELD_OUT = "blasco-ibanez-la-barraca.txt"
@@ -199,7 +199,7 @@ def train_reference(data: Path, out: Path, minutes: float, size: dict, seed: int
         ratio = (it - warmup) / max(1, max_iters - warmup)
         return lr_min + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr_max - lr_min)
 
-    calibrate = 8
+    calibrate = 12
     max_iters, warmup = None, 100
     it, losses = 0, []
     t_calibrated = None
@@ -211,6 +211,8 @@ def train_reference(data: Path, out: Path, minutes: float, size: dict, seed: int
             max_iters = it + max(1, int(left / per_iter))
             warmup = min(100, max(1, max_iters // 10))
         if max_iters is not None and it >= max_iters:
+            break
+        if time.perf_counter() - start >= budget:  # the wall clock is the budget, also if the machine slowed down
             break
         if it == 2:
             t_calibrated = time.perf_counter()

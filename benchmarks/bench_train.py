@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt2es_cli.config import ModelConfig
+from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.training.loop import compute_loss
 from gpt2es_cli.training.metrics import peak_flops
@@ -99,8 +99,8 @@ def bench_speed(args: argparse.Namespace) -> None:
     peaks = measure_peaks()
     x_full = torch.randint(0, args.vocab, (args.batch, T + 1), device=device)
     x, y = x_full[:, :-1].contiguous(), x_full[:, 1:].contiguous()
-    optimizers = {"gpt2es": build_optimizer(ours, 1e-4, 0.1, (0.9, 0.95)),
-                  "transformers": build_optimizer(theirs, 1e-4, 0.1, (0.9, 0.95))}
+    settings = TrainConfig(lr=1e-4, weight_decay=0.1, beta1=0.9, beta2=0.95)  # AdamW
+    optimizers = {"gpt2es": build_optimizer(ours, settings), "transformers": build_optimizer(theirs, settings)}
     if args.compile:  # both compiled the same way, as `gpt2es train --compile` does
         ours, theirs = torch.compile(ours), torch.compile(theirs)
     models = {"gpt2es": ours, "transformers": theirs}

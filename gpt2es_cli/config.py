@@ -154,17 +154,21 @@ class TrainConfig:
     max_time: float | None = setting(
         None, gt=0, le=366 * 86400, parse=parse_duration, metavar="DURATION", panel=BUDGET
     )
-    """Stop after this long in this invocation, e.g. 90s, 30m, 2h (the schedule still follows the step budget)."""
+    """Train for this long, e.g. 90s, 30m, 2h: the steps (and the schedule, annealed at the end) are fitted to it
+    from the measured speed, evaluations and final save included; the run's time, summed over resumes."""
     lr: float = setting(6e-4, gt=0, le=10, panel=OPTIM)
     """Peak learning rate."""
     min_lr: float | None = setting(None, ge=0, le=10, panel=OPTIM, default_text="lr / 10")
     """Learning-rate floor at the end of the decay."""
     schedule: str = setting("cosine", choices=SCHEDULES, panel=OPTIM)
-    """Learning-rate schedule after a linear warmup (wsd: warmup-stable-decay)."""
-    warmup_steps: int | None = setting(None, ge=0, le=_BIG, panel=OPTIM, default_text="5% of the steps, at most 1000")
+    """Learning-rate schedule after a linear warmup, reaching --min-lr at the planned last step (wsd:
+    warmup-stable-decay)."""
+    warmup_steps: int | None = setting(
+        None, ge=0, le=_BIG, panel=OPTIM, default_text="5% of the planned steps, at most 1000"
+    )
     """Linear warmup steps."""
     decay_fraction: float = setting(0.2, gt=0, le=1, panel=OPTIM)
-    """wsd: the final fraction of the steps that decays to --min-lr."""
+    """wsd: the final fraction of the planned steps that decays to --min-lr."""
     weight_decay: float = setting(0.1, ge=0, le=10, panel=OPTIM)
     """AdamW weight decay, on matrices (weights, embeddings) only."""
     beta1: float = setting(0.9, ge=0, lt=1, panel=OPTIM)
@@ -174,8 +178,9 @@ class TrainConfig:
     optimizer: str = setting("adamw", choices=OPTIMIZERS, panel=OPTIM)
     """adamw for every parameter, or muon: Muon for the hidden weight matrices and AdamW for embeddings, the
     tied head, norms and biases."""
-    muon_lr: float = setting(0.02, gt=0, le=10, panel=OPTIM)
-    """Peak learning rate of the Muon group (--optimizer muon); it follows the same schedule as --lr."""
+    muon_lr: float = setting(3e-3, gt=0, le=10, panel=OPTIM)
+    """Peak learning rate of the Muon group (--optimizer muon), on AdamW's scale (each matrix's update is sized
+    like AdamW's); it follows the same schedule as --lr."""
     grad_clip: float = setting(1.0, ge=0, le=1e6, panel=OPTIM)
     """Clip the gradient norm to this; 0 disables clipping."""
     nan_retries: int = setting(3, ge=0, le=1000, panel=OPTIM)
@@ -194,15 +199,17 @@ class TrainConfig:
     """Peak TFLOP/s of one device, for MFU."""
     log_interval: int = setting(10, ge=1, le=_BIG, panel=WATCH)
     """Report training progress every N steps."""
-    eval_interval: int = setting(200, ge=0, le=_BIG, panel=WATCH)
-    """Validation loss and a sample every N steps and at the end; 0 disables."""
+    eval_interval: int | None = setting(None, ge=0, le=_BIG, panel=WATCH, default_text="20 spread over the plan")
+    """Validation loss and a sample every N steps and at the end; 0 disables. Unset: 20 evaluations spread
+    evenly over the planned steps; with --max-time, 10 to 20 as about a tenth of the time allows (fewer, with a
+    warning, when 10 would take half of it)."""
     eval_batches: int = setting(20, ge=1, le=1 << 20, panel=WATCH)
     """Fixed validation batches per evaluation."""
     sample_prompt: str = setting("Había una vez", panel=WATCH)
     """Prompt of the sample shown at each evaluation."""
     sample_tokens: int = setting(40, ge=0, le=1 << 16, panel=WATCH)
     """New tokens in that sample; 0 disables it."""
-    save_interval: int = setting(500, ge=0, le=_BIG, panel=WATCH)
+    save_interval: int | None = setting(None, ge=0, le=_BIG, panel=WATCH, default_text="every 10 minutes")
     """Write last.pth every N steps (and always at the end); 0: only at the end."""
     keep_last: int = setting(0, ge=0, le=1 << 20, panel=WATCH)
     """Also keep the newest N numbered checkpoints step-NNNNNNN.pth; 0: none."""

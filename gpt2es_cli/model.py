@@ -3,7 +3,8 @@
 Token + learned position embeddings, N pre-LayerNorm blocks (causal self-attention with a fused
 QKV projection and scaled_dot_product_attention, then a GELU feed-forward 4x wide, each on a
 residual branch), a final LayerNorm, and an output projection tied to the token embedding.
-Incremental decoding goes through `KVCache`.
+Incremental decoding goes through `KVCache`. With `activation_checkpointing` set, training
+forward passes keep only each block's input and recompute the block in the backward pass.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gpt2es_cli.config import ModelConfig
 
@@ -113,6 +115,9 @@ class Block(nn.Module):
 class GPT2(nn.Module):
     """GPT-2 language model. `forward(idx)` returns logits (B, T, vocab_size)."""
 
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward pass instead of keeping its activations (training only)."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         config.validate()
@@ -156,8 +161,15 @@ class GPT2(nn.Module):
             )
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        # Checkpointing pays off only when a backward pass follows: not in eval, not with a cache.
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.h):
-            x = block(x, cache, i)
+            if recompute:
+                # Only x (B, T, C) is kept; the backward pass reruns the block, replaying the RNG
+                # state (same dropout masks) and the autocast state, so gradients are unchanged.
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, cache, i)
         if cache is not None:
             cache.length += T
         if last_only:

@@ -1,4 +1,4 @@
-"""Data parallelism: 2 CPU processes under torchrun (gloo) train exactly like 1 process."""
+"""Data parallelism: 2 CPU processes under torchrun (gloo) train exactly like 1 process, with AdamW or Muon."""
 
 import json
 import os
@@ -19,10 +19,11 @@ def metrics(run_dir):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
-def test_two_processes_give_the_same_losses_as_one(tmp_path, tiny_tokenizer, spanish_texts):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_processes_give_the_same_losses_as_one(tmp_path, tiny_tokenizer, spanish_texts, optimizer):
     data = make_dataset(tmp_path / "data", tiny_tokenizer, spanish_texts)
     settings = dict(preset="tiny", batch_size=2, global_batch=4, max_steps=6, log_interval=1, eval_interval=3,
-                    eval_batches=3, sample_tokens=0, device="cpu", lr=3e-3)
+                    eval_batches=3, sample_tokens=0, device="cpu", lr=3e-3, optimizer=optimizer)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # one process: 2 micro-batches of 2 accumulated per step
@@ -52,3 +53,4 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path, tiny_tokenizer, spa
     )
     raw = torch.load(tmp_path / "two" / "last.pth", weights_only=True)
     assert raw["training"]["world_size"] == 2 and len(raw["training"]["rng"]) == 2
+    assert ("muon" in raw["training"]["optimizer"]) == (optimizer == "muon")  # Muon with AdamW's state, or AdamW's

@@ -19,6 +19,7 @@ from gpt2es_cli.training import (
     subscribers,
     train,
 )
+from gpt2es_cli.training.events import PlanFitted, PlanWarning
 from gpt2es_cli.training.subscribers.jsonl import MetricsFile
 from gpt2es_cli.training.subscribers.plot import LossPlot
 
@@ -62,6 +63,13 @@ def test_each_event_gives_its_own_record():
         "type": "recovery", "step": 6, "restored_step": 4, "lr_scale": 0.5, "attempt": 1,
     }
     assert Saved(Path("last.pth"), 4).record() is None
+    plan = PlanFitted(step=9, total_steps=500, time_steps=500, budget="max_time", warmup_steps=25, evals=20,
+                      step_time=0.4, eval_time=3.0, save_time=0.5, elapsed=5.0, projected=239.5, max_time=240.0,
+                      first=True)
+    assert plan.record() == {"type": "plan", "step": 9, "total_steps": 500, "time_steps": 500, "budget": "max_time",
+                             "warmup_steps": 25, "evals": 20, "step_time": 0.4, "eval_time": 3.0, "save_time": 0.5,
+                             "elapsed": 5.0, "projected": 239.5, "max_time": 240.0, "first": True}
+    assert PlanWarning("only 12 steps fit").record() is None
 
 
 # --- subscribers ----------------------------------------------------------------------------------

@@ -91,3 +91,50 @@ def test_backward_reaches_every_parameter(model):
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.flops_per_token(16) > 6 * 0.9 * model.num_parameters()
+
+
+def _loss_and_grads(checkpointing: bool, autocast: torch.dtype | None = None):
+    torch.manual_seed(0)
+    m = GPT2(ModelConfig.from_preset("tiny", vocab_size=300, dropout=0.2)).train()
+    m.activation_checkpointing = checkpointing
+    torch.manual_seed(1)  # the same data and dropout masks in both runs
+    idx = torch.randint(0, 300, (3, 33))
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        logits = m(idx[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), idx[:, 1:].flatten())
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_activation_checkpointing_gives_the_same_gradients_with_dropout(autocast):
+    plain_loss, plain = _loss_and_grads(False, autocast)
+    loss, grads = _loss_and_grads(True, autocast)
+    torch.testing.assert_close(loss, plain_loss)
+    for name, grad in plain.items():
+        torch.testing.assert_close(grads[name], grad, msg=name)
+
+
+def test_activation_checkpointing_only_where_a_backward_pass_follows(model, monkeypatch):
+    import gpt2es_cli.model as model_module
+
+    calls = []
+    real = model_module.checkpoint
+    monkeypatch.setattr(model_module, "checkpoint", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    model.activation_checkpointing = True
+    try:
+        idx = torch.randint(0, 300, (2, 10))
+        expected = model(idx)  # eval mode
+        with torch.no_grad():
+            model.train()
+            model(idx)  # no gradients
+            cache = model.new_cache(2)
+            model(idx[:, :4], cache)
+            model(idx[:, 4:], cache)  # the KV cache (generation)
+        assert calls == []
+        model.train()
+        torch.testing.assert_close(model(idx), expected)  # no dropout in the tiny preset: the same function
+        assert len(calls) == model.config.n_layer
+    finally:
+        model.activation_checkpointing = False
+        model.eval()

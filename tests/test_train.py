@@ -181,7 +181,7 @@ def test_budgets_tokens_epochs_and_time(dataset, tmp_path):
     assert by_epochs.total_steps == math.ceil(0.05 * train_tokens / 256) and by_epochs.stop_reason == "epochs"
     default = plan_run(TrainConfig(data=str(dataset), out=str(tmp_path / "d"), preset="tiny", batch_size=4))
     assert default.budget == "epochs" and default.total_steps == math.ceil(train_tokens / 256)
-    assert default.config.warmup_steps == max(1, default.total_steps // 20)
+    assert default.warmup_steps == max(1, default.total_steps // 20) and default.config.warmup_steps is None
     by_time = train(tiny_run(dataset, tmp_path / "c", max_steps=1000, max_time=1e-6))
     assert by_time.stop_reason == "max_time" and by_time.step < 1000
     assert (tmp_path / "c" / "last.pth").is_file()
@@ -371,6 +371,23 @@ def test_resume_from_a_checkpoint_of_another_architecture_is_refused(dataset, tm
     save_model(run / "last.pth", GPT2(wide), wide, tiny_tokenizer, training=ckpt.training)
     result = runner.invoke(app, ["train", "--resume", str(run), "--max-steps", "4"])
     assert result.exit_code == 1 and "cannot resume" in result.stderr and "n_embd=64" in result.stderr
+
+
+def test_the_header_says_which_budget_sets_the_steps(dataset, tmp_path, monkeypatch):
+    from gpt2es_cli.cli import train_display as train_cli
+
+    start = TrainStart(run_dir=tmp_path, config=TrainConfig(), num_parameters=10**6, device="cpu",
+                       precision="float32", world_size=1, accum_steps=1, tokens_per_step=2048, total_steps=415,
+                       budget="epochs", train_tokens=850_000, start_step=0, warmup_steps=20)
+    header = train_cli.TrainDisplay(live=False)._header
+    assert "415 steps (1 epoch) | lr 0.0006 cosine, warmup 20" in header(start)
+    assert "1,230 steps (2.5 epochs)" in header(replace(start, total_steps=1230, config=TrainConfig(epochs=2.5)))
+    assert "2,000 steps (--max-steps)" in header(replace(start, total_steps=2000, budget="max_steps"))
+    fitted = replace(start, budget="max_time", total_steps=520, max_time=600.0)
+    assert "520 steps (fitted to 10m 00s)" in header(fitted)
+    fitting = replace(fitted, fit_time=True, warmup_steps=None, cap_steps=5131, cap_budget="epochs")
+    assert "steps fitted to 10m 00s after the first ones, at most 5,131 (1 epoch)" in header(fitting)
+    assert "warmup 5% of the steps" in header(fitting)
 
 
 def test_live_display_renders_on_a_terminal(monkeypatch):

@@ -30,8 +30,57 @@ from gpt2es_cli.training import (
     is_main_process,
     train,
 )
+from gpt2es_cli.training.events import PlanFitted, PlanWarning
 
 EVAL_ROWS_SHOWN = 8
+
+
+def _budget_words(budget: str | None, c: TrainConfig) -> str:
+    """Why a run has its steps: '1 epoch', '2.5 epochs', '--max-steps', '1.00M tokens'."""
+    if budget == "epochs":
+        epochs = c.epochs or 1.0
+        return f"{epochs:g} epoch" + ("" if epochs == 1 else "s")
+    if budget == "max_tokens" and c.max_tokens is not None:
+        return f"{fmt.count(c.max_tokens)} tokens"
+    return f"--{(budget or 'max_steps').replace('_', '-')}"
+
+
+def _steps_words(s: TrainStart) -> str:
+    """'415 steps (1 epoch)', '~ steps fitted to 4m after the first 10', '520 steps (fitted to 10m)'."""
+    c = s.config
+    if s.fit_time and s.max_time is not None:
+        cap = f", at most {s.cap_steps:,} ({_budget_words(s.cap_budget, c)})" if s.cap_steps is not None else ""
+        return f"steps fitted to {fmt.duration(s.max_time)} after the first ones{cap}"
+    if s.budget == "max_time" and s.max_time is not None:
+        return f"{s.total_steps:,} steps (fitted to {fmt.duration(s.max_time)})"
+    return f"{s.total_steps:,} steps ({_budget_words(s.budget, c)})"
+
+
+def _plan_line(p: PlanFitted, resumed: bool = False) -> str:
+    costs = f"{p.step_time:.3g} s/step, {p.eval_time:.2g} s per evaluation, {p.save_time:.2g} s per save"
+    what = f"re-planned at step {p.step}" if not p.first else f"plan from step {p.step}" if resumed else "plan"
+    bound = "" if p.budget == "max_time" else f" (the step budget binds first; {p.time_steps:,} would fit)"
+    return (
+        f"{what}: {p.total_steps:,} steps in {fmt.duration(p.max_time)}{bound} ({costs}) | warmup {p.warmup_steps} | "
+        f"{p.evals} evaluations | ends at {fmt.clock(p.projected)}"
+    )
+
+
+def _batch_choice_line(s: TrainStart) -> str:
+    """What --batch-size auto chose: 'batch size auto: 8 per pass, the largest that fits (estimated 4.1 GB of 5.0 GB free, ...)'."""
+    b, c = s.batch_choice, s.config
+    procs = f" over {s.world_size} processes" if s.world_size > 1 else ""
+    why = {
+        "memory": "the largest that fits",
+        "cap": "the most it picks",
+        "data": f"as the training data holds {b.cap * s.world_size} windows",
+        "global_batch": f"the largest power of two dividing --global-batch {c.global_batch}{procs}",
+    }[b.limit]
+    if b.method == "probe":
+        how = f"a measured step peaked at {fmt.size(b.needed)} of {fmt.size(b.available)} free"
+    else:
+        how = f"estimated {fmt.size(b.needed)} of {fmt.size(b.available)} free, {fmt.size(b.per_window)} per window"
+    return f"batch size auto: {b.batch_size} per pass, {why} ({how})"
 
 
 def _step_line(r: StepReport) -> str:
@@ -75,6 +124,12 @@ class TrainDisplay:
         if isinstance(event, TrainStart):
             self.start = event
             self._print(self._header(event), soft_wrap=True)
+            if event.batch_choice is not None and not event.batch_choice.fits:
+                warn(
+                    f"even one window is estimated at {fmt.size(event.batch_choice.needed)}, near or above the "
+                    f"{fmt.size(event.batch_choice.available)} free: if it runs out of memory, use "
+                    "--activation-checkpointing, a lower --seq-len or a smaller model"
+                )
         elif isinstance(event, StepReport):
             self.last = event
             if self.live is None:
@@ -89,6 +144,11 @@ class TrainDisplay:
                 self._print(f"[dim]sample:[/] {escape(event.sample)}", soft_wrap=True)
         elif isinstance(event, Saved) and not event.best:  # best.pth: the validation table marks it
             self._print(f"[dim]saved {escape(str(event.path))} (step {event.step})[/]", soft_wrap=True)
+        elif isinstance(event, PlanFitted):
+            resumed = self.start is not None and self.start.start_step > 0
+            self._print(f"[dim]{escape(_plan_line(event, resumed))}[/]", soft_wrap=True)
+        elif isinstance(event, PlanWarning):
+            warn(event.message)
         elif isinstance(event, Recovery):
             warn(
                 f"loss was not finite at step {event.step}: rolled back to step {event.restored_step}, "
@@ -107,8 +167,10 @@ class TrainDisplay:
             f"model {s.num_parameters / 1e6:.2f}M parameters | data {escape(c.data)} ({fmt.count(s.train_tokens)} tokens) | "
             f"{s.device}{procs}, {s.precision}{', compiled' if c.compile else ''}\n"
             f"batch {c.global_batch} x {c.seq_len} = {s.tokens_per_step:,} tokens/step "
-            f"({c.batch_size} per pass, {s.accum_steps} accumulation step(s)) | {s.total_steps} steps ({s.budget}) | "
-            f"lr {c.lr:g} {c.schedule}, warmup {c.warmup_steps}"
+            f"({c.batch_size} per pass, {s.accum_steps} accumulation step(s)) | {_steps_words(s)} | "
+            f"lr {c.lr:g} {c.schedule}, warmup "
+            + (f"{s.warmup_steps}" if s.warmup_steps is not None else "5% of the steps")
+            + (f"\n{_batch_choice_line(s)}" if s.batch_choice is not None else "")
         )
 
     def _eval_table(self, rows: list[ValidationDone], hidden: int) -> Table:
@@ -146,7 +208,8 @@ def _render_summary(s: TrainSummary) -> None:
         "max_steps": "reached --max-steps",
         "max_tokens": "reached --max-tokens",
         "epochs": "reached the epoch budget",
-        "max_time": "reached --max-time",
+        "max_time": "used its --max-time",
+        "out_of_time": "ran out of --max-time before its planned end (the steps slowed down)",
         "interrupted": "interrupted",
         "diverged": "stopped: the loss kept diverging",
     }
@@ -154,7 +217,10 @@ def _render_summary(s: TrainSummary) -> None:
         ("stopped", reasons.get(s.stop_reason, s.stop_reason)),
         ("steps", f"{s.step}/{s.total_steps}" + (f" (resumed at {s.start_step})" if s.start_step else "")),
         ("tokens", f"{s.tokens_seen:,}"),
-        ("time", f"{fmt.clock(s.elapsed)} ({s.tokens_per_second:,.0f} tok/s)"),
+        ("time", f"{fmt.clock(s.elapsed)} ({s.tokens_per_second:,.0f} tok/s)" + (
+            f", {fmt.duration(s.run_elapsed or s.elapsed)} of --max-time {fmt.duration(s.max_time)}"
+            if s.max_time is not None else ""
+        )),
     ]
     if s.final_loss is not None:
         rows.append(("train loss", f"{s.final_loss:.4f} (smoothed)"))
@@ -168,7 +234,7 @@ def _render_summary(s: TrainSummary) -> None:
     rows.append(("metrics", f"{s.run_dir / 'metrics.jsonl'}, {s.run_dir / 'loss.png'}"))
     for label, value in rows:  # plain lines: paths must never be cut to the terminal width
         console.print(f"[bold]{label:<11}[/]{escape(value)}", soft_wrap=True)
-    if s.stop_reason in ("interrupted", "max_time", "diverged"):
+    if s.stop_reason in ("interrupted", "out_of_time", "diverged"):
         err_console.print(f"resume with: gpt2es train --resume {escape(str(s.run_dir))}", soft_wrap=True)
     else:
         sample_from = s.best_checkpoint or s.last_checkpoint

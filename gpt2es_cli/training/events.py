@@ -1,8 +1,10 @@
 """What the training loop reports: typed events, each of which gives its own metrics record.
 
 The loop emits, in order: `TrainStart`; then `StepReport` every `log_interval` steps,
-`ValidationDone` every `eval_interval` steps, `Recovery` after a non-finite loss and `Saved`
-after each checkpoint (last.pth, or best.pth after a new lowest validation loss); and
+`ValidationDone` every `eval_interval` steps, `Recovery` after a non-finite loss, `Saved`
+after each checkpoint (last.pth, or best.pth after a new lowest validation loss), `PlanFitted`
+when the steps are fitted to --max-time (after the first steps) or re-fitted, `PlanWarning`
+when that plan cannot work; and
 `TrainEnd` with the summary when the run ends (a budget, --max-time, Ctrl-C or divergence; an
 exception ends it without one). Subscribers (training/subscribers/, the CLI's display) take them.
 
@@ -21,9 +23,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpt2es_cli.config import TrainConfig
+
+if TYPE_CHECKING:
+    from gpt2es_cli.training.memory import BatchChoice
 
 RECORD_NAMES = {"tokens_seen": "tokens"}
 """Fields whose metrics-record key differs from the field name."""
@@ -71,6 +76,17 @@ class TrainStart(Event):
     """0 for a new run; the checkpoint's step when resuming."""
     history: tuple[dict[str, Any], ...] = ()
     """The metrics records the run already holds (a resumed checkpoint's; empty when new)."""
+    warmup_steps: int | None = None
+    """None: 5% of the steps fitted to --max-time, decided with them."""
+    max_time: float | None = None
+    fit_time: bool = False
+    """The steps are fitted to max_time after the first steps (then `PlanFitted`); total_steps is an
+    upper bound until then."""
+    cap_steps: int | None = None
+    """The steps the step budgets (--max-steps, --max-tokens, --epochs) allow; None: --max-time alone."""
+    cap_budget: str | None = None
+    batch_choice: BatchChoice | None = None
+    """What --batch-size auto chose and why (None: the batch size was given)."""
 
 
 @dataclass(frozen=True)
@@ -93,10 +109,12 @@ class StepReport(Event):
     elapsed: float
     """Seconds of training in the whole run (every invocation)."""
     total_steps: int
+    """The planned steps (fitted to --max-time where it binds)."""
     epoch: float
     """Passes over train.bin so far."""
     eta: float
-    """Seconds until total_steps at the recent step time."""
+    """Seconds until the planned end: with --max-time, from the measured step, evaluation and save
+    times; else at the recent step time."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +149,41 @@ class Recovery(Event):
 
 
 @dataclass(frozen=True)
+class PlanFitted(Event):
+    """The steps were fitted to --max-time from the measured times (first after the first steps,
+    again when the projected end drifts from the budget); the schedule ends at total_steps."""
+
+    kind = "plan"
+
+    step: int
+    """The first optimizer step (0-based) planned this way."""
+    total_steps: int
+    time_steps: int
+    """The steps that fit in max_time (total_steps is smaller when a step budget binds first)."""
+    budget: str
+    warmup_steps: int
+    evals: int
+    """Evaluations planned from here (the final one included)."""
+    step_time: float
+    eval_time: float
+    save_time: float
+    elapsed: float
+    """Seconds of training when it was fitted."""
+    projected: float
+    """Seconds of training at the planned end."""
+    max_time: float
+    first: bool
+    """The first fit of this invocation, not a re-plan."""
+
+
+@dataclass(frozen=True)
+class PlanWarning(Event):
+    """The fitted plan cannot work (too few steps fit, or the warmup does not): what to change."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class Saved(Event):
     """A checkpoint was written."""
 
@@ -146,7 +199,8 @@ class TrainSummary:
 
     run_dir: Path
     stop_reason: str
-    """max_steps / max_tokens / epochs (budget reached), max_time, interrupted, or diverged."""
+    """max_steps / max_tokens / epochs / max_time (budget reached), out_of_time (past --max-time before the
+    planned end), interrupted, or diverged."""
     step: int
     total_steps: int
     tokens_seen: int
@@ -164,6 +218,9 @@ class TrainSummary:
     recoveries: int
     """How many times a non-finite loss rolled the model back."""
     start_step: int
+    run_elapsed: float | None = None
+    """Seconds of training in the whole run (every invocation)."""
+    max_time: float | None = None
 
 
 @dataclass(frozen=True)

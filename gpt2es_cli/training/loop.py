@@ -7,6 +7,12 @@ the scheduled learning rate. Around it: rollback on a non-finite loss, progress 
 evaluation on fixed validation windows with a sample, checkpoints, and a clean stop on
 Ctrl-C or SIGTERM.
 
+How many steps, and the rate of each, is the step plan's business (budget.py): with --max-time
+the loop hands every step's reading of the main process's clock (shared with every process in
+the step's all-reduce) to a `TimeBudget`, which fits the steps to the time and re-fits them;
+the plan goes into last.pth, so a resumed run continues it instead of measuring again. The
+clock is `train`'s argument, so tests can pass a fake one.
+
 How the work is spread over processes is parallel.py's business: the loop holds a `Parallel`
 and does not know whether it runs alone or under DDP. What it reports are events (events.py)
 for its subscribers, on the main process only: the run's loggers (subscribers/, e.g.
@@ -24,7 +30,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,8 +46,17 @@ from gpt2es_cli.errors import ConfigError
 from gpt2es_cli.fileio import atomic_write
 from gpt2es_cli.generate import GenerationConfig, generate
 from gpt2es_cli.model import GPT2
+from gpt2es_cli.training.budget import (
+    SAVE_BYTES_PER_SECOND,
+    SAVE_EVERY,
+    Reading,
+    TimeBudget,
+    plan_warning,
+)
 from gpt2es_cli.training.events import (
     Event,
+    PlanFitted,
+    PlanWarning,
     Recovery,
     Saved,
     StepReport,
@@ -52,7 +67,7 @@ from gpt2es_cli.training.events import (
 )
 from gpt2es_cli.training.loss import cross_entropy
 from gpt2es_cli.training.metrics import IntervalMeter, peak_flops
-from gpt2es_cli.training.optim import build_optimizer, learning_rate
+from gpt2es_cli.training.optim import build_optimizer, set_learning_rate
 from gpt2es_cli.training.parallel import Parallel, init_parallel
 from gpt2es_cli.training.plan import RUN_FILES, RunPlan, plan_run
 from gpt2es_cli.training.subscribers import Subscriber, run_loggers
@@ -72,12 +87,15 @@ def train(
     resume: Checkpoint | None = None,
     force: bool = False,
     subscribers: Sequence[Subscriber] = (),
+    clock: Callable[[], float] = time.perf_counter,
 ) -> TrainSummary:
     """Train a model as `config` says (continuing `resume` if given); return how it ended.
 
     Under torchrun every process calls this; only the main one writes files and sends events,
     first to the run's loggers (metrics.jsonl, loss.png), then to `subscribers` in order.
+    `clock` gives seconds; the run's time (and --max-time) counts from this call.
     """
+    started = clock()
     precision = select_precision(config.device, config.amp, config.dtype)
     parallel = init_parallel(precision.device.type)
     try:
@@ -85,7 +103,7 @@ def train(
         plan = plan_run(config, world_size=parallel.world_size, resume=resume, force=force)
         parallel.barrier()  # every process has checked the run before the main one writes anything
         listeners = [*run_loggers(), *subscribers] if parallel.is_main else []
-        trainer = _Trainer(plan, precision, parallel, listeners)
+        trainer = _Trainer(plan, precision, parallel, listeners, clock, started)
         return trainer.run()
     finally:
         parallel.shutdown()
@@ -134,18 +152,15 @@ class _StepResult:
     grad_norm: float
     stop_asked: bool
     """Ctrl-C or SIGTERM in some process."""
-    time_up: bool
-    """--max-time reached in some process."""
-
-    @property
-    def stop_reason(self) -> str | None:
-        if self.stop_asked:
-            return "interrupted"
-        return "max_time" if self.time_up else None
+    reading: Reading
+    """The main process's clock during this step."""
 
 
 class _Trainer:
-    def __init__(self, plan: RunPlan, precision: Precision, parallel: Parallel, subscribers: list[Subscriber]):
+    def __init__(self, plan: RunPlan, precision: Precision, parallel: Parallel, subscribers: list[Subscriber],
+                 clock: Callable[[], float] = time.perf_counter, started: float | None = None):
+        self.clock = clock
+        self.t0 = clock() if started is None else started
         self.plan = plan
         self.config = config = plan.config
         self.precision = precision
@@ -163,12 +178,11 @@ class _Trainer:
         if plan.resume is not None:
             model.load_state_dict(plan.resume.model_state)
         self.model = model.to(self.device).train()
+        self.model.activation_checkpointing = config.activation_checkpointing  # training passes only
         # Dropout differs between processes (they see different windows); a fixed seed each.
         torch.manual_seed(config.seed + 1 + parallel.rank)
         self.step_model = parallel.wrap(self.model, compile=config.compile)
-        self.optimizer = build_optimizer(
-            self.model, config.lr, config.weight_decay, (config.beta1, config.beta2)
-        )
+        self.optimizer = build_optimizer(self.model, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision.needs_grad_scaler)
 
         dataset = plan.dataset
@@ -177,7 +191,7 @@ class _Trainer:
         self.val_windows = TokenWindows.open(dataset, "val", config.seq_len)
         self.val_starts = (
             fixed_windows(dataset.num_tokens("val"), config.seq_len, config.eval_batches * config.batch_size)
-            if config.eval_interval
+            if config.eval_interval != 0
             else None
         )
         self.flops_per_token = self.model.flops_per_token(config.seq_len)
@@ -200,6 +214,22 @@ class _Trainer:
         self.good: dict[str, Any] = {}
         self.meter = IntervalMeter()
         self.last_eval_step = -1
+
+        # The step plan (budget.py): schedule and steps, fitted to --max-time by `timer` when it binds.
+        self.steps = plan.steps
+        self.eval_seconds, self.evals, self.save_seconds, self.saves = 0.0, 0, 0.0, 0  # this invocation's
+        self.last_save_elapsed = self.elapsed_before
+        self.save_now = False
+        self.warned = False
+        self.timer: TimeBudget | None = None
+        if self.steps.fit_time:
+            assert config.max_time is not None
+            per_process = math.ceil(config.eval_batches / parallel.world_size)
+            self.timer = TimeBudget(
+                config.max_time, cap=self.steps.cap, start_elapsed=self.elapsed_before,
+                eval_ratio=per_process / (3 * plan.accum_steps),  # forward-only passes vs a step's forward+backward
+                save_estimate=0.1 + 12 * self.model.num_parameters() / SAVE_BYTES_PER_SECOND,  # weights + AdamW
+            )
 
     # --- state -----------------------------------------------------------------------------
 
@@ -240,7 +270,8 @@ class _Trainer:
             "config": self.config.to_dict(),
             "step": self.step,
             "tokens_seen": self.tokens_seen,
-            "total_steps": self.plan.total_steps,
+            "total_steps": self.steps.total_steps,
+            "plan": self.steps.state(),
             "optimizer": self.parallel.optimizer_state_dict(self.optimizer),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "lr_scale": self.lr_scale,
@@ -280,7 +311,9 @@ class _Trainer:
 
     def _rollback(self) -> None:
         self.model.load_state_dict(self.good["model"])
-        self.optimizer.load_state_dict(self.good["optimizer"])
+        # A copy: on CPU load_state_dict adopts the tensors it is given, and later steps would
+        # change the snapshot a second rollback needs.
+        self.optimizer.load_state_dict(_clone_to_cpu(self.good["optimizer"]))
         self.step = self.good["step"]
         self.tokens_seen = self.good["tokens_seen"]
 
@@ -295,21 +328,32 @@ class _Trainer:
 
     def _elapsed(self) -> float:
         """Seconds of training in this invocation."""
-        return time.perf_counter() - self.t0
+        return self.clock() - self.t0
 
     def _total_elapsed(self) -> float:
         """Seconds of training in the whole run."""
         return self.elapsed_before + self._elapsed()
 
     def _lr(self) -> float:
-        c = self.config
-        return self.lr_scale * learning_rate(
-            self.step, lr=c.lr, min_lr=c.min_lr, total_steps=self.plan.total_steps,
-            warmup_steps=c.warmup_steps, schedule=c.schedule, decay_fraction=c.decay_fraction,
-        )
+        return self.lr_scale * self.steps.schedule(self.step)
 
     def _every(self, interval: int | None) -> bool:
         return bool(interval) and self.step % interval == 0
+
+    def _eval_due(self) -> bool:
+        """--eval-interval, else the next of the evaluations spread over the planned steps (none while
+        the steps are not fitted to --max-time yet)."""
+        if self.config.eval_interval is None and self.timer is not None and self.timer.fit is None:
+            return False
+        return self.steps.cadence.eval_due(self.step, self.steps.total_steps)
+
+    def _save_due(self, reading: Reading) -> bool:
+        """--save-interval steps, or SAVE_EVERY seconds without one; right after the first time fit
+        (which times a save and records the plan)."""
+        interval = self.config.save_interval
+        if interval is None:
+            return self.save_now or reading.elapsed - self.last_save_elapsed >= SAVE_EVERY
+        return (self.save_now and interval != 0) or self._every(interval)
 
     def _too_big(self) -> str:
         c = self.config
@@ -322,7 +366,6 @@ class _Trainer:
 
     def run(self) -> TrainSummary:
         try:
-            self.t0 = time.perf_counter()
             self._start()
             stop_reason = self._steps()
             return self._finish(stop_reason)
@@ -337,9 +380,12 @@ class _Trainer:
         self._emit(TrainStart(
             run_dir=self.run_dir, config=self.config, num_parameters=self.model.num_parameters(),
             device=str(self.device), precision=self.precision.name, world_size=self.parallel.world_size,
-            accum_steps=plan.accum_steps, tokens_per_step=plan.tokens_per_step, total_steps=plan.total_steps,
-            budget=plan.budget, train_tokens=plan.dataset.num_tokens("train"), start_step=self.start_step,
+            accum_steps=plan.accum_steps, tokens_per_step=plan.tokens_per_step, total_steps=self.steps.total_steps,
+            budget=self.steps.budget, train_tokens=plan.dataset.num_tokens("train"), start_step=self.start_step,
             history=tuple(self.history),
+            warmup_steps=self.steps.warmup_steps if self.steps.warmup_fixed else None,
+            max_time=self.config.max_time, fit_time=self.steps.fit_time, cap_steps=self.steps.cap,
+            cap_budget=self.steps.cap_budget, batch_choice=plan.batch_choice,
         ))
         self._snapshot()
 
@@ -359,39 +405,77 @@ class _Trainer:
 
     def _steps(self) -> str:
         """Step until the budget is spent or something stops the run; return why it stopped."""
-        c, total = self.config, self.plan.total_steps
+        c = self.config
         with _StopSignal() as stop:
-            while self.step < total:
-                t_step = time.perf_counter()
-                time_up = c.max_time is not None and self._elapsed() >= c.max_time
-                result = self._forward_backward(stop.requested, time_up)
+            while self.step < self.steps.total_steps or self._measuring():
+                t_step = self.clock()
+                result = self._forward_backward(stop.requested)
+                self._follow_plan(result.reading)  # may re-plan the steps from this one on
+                out_of_time = self.timer is not None and self.timer.out_of_time(result.reading, c.eval_interval != 0)
+                stop_reason = "interrupted" if result.stop_asked else "out_of_time" if out_of_time else None
                 if not self._finite(result):
                     if not self._recover(result):
                         return "diverged"
-                    if result.stop_reason:
-                        return result.stop_reason
+                    if stop_reason:
+                        return stop_reason
                     continue
                 lr = self._optimizer_step()
-                self.meter.add(result.loss, self.plan.tokens_per_step, time.perf_counter() - t_step)
+                self.meter.add(result.loss, self.plan.tokens_per_step, self.clock() - t_step)
                 self.smoothed = (
                     result.loss if self.smoothed is None else SMOOTHING * self.smoothed + (1 - SMOOTHING) * result.loss
                 )
-                done = self.step >= total
-                if self._every(c.log_interval) or done or result.stop_reason:
+                done = self.step >= self.steps.total_steps and not self._measuring()
+                if done and stop_reason == "out_of_time":
+                    stop_reason = None  # the plan's last step: the run ends as planned
+                if self._every(c.log_interval) or done or stop_reason:
                     self._report(lr, result.grad_norm)
-                if result.stop_reason:
-                    return result.stop_reason
+                if stop_reason:
+                    return stop_reason
                 if done:
                     break
-                if self._every(c.eval_interval):
+                if self._eval_due():
                     self._validate()
-                if self._every(c.save_interval):
+                    self.steps = self.steps.evaluated(self.step)
+                if self._save_due(result.reading):
+                    self.last_save_elapsed = result.reading.elapsed
                     self._save_last()
                     self._snapshot()
-        return self.plan.budget
+        return self.steps.budget
+
+    def _measuring(self) -> bool:
+        """--max-time alone, before its fit: the provisional steps do not end the run."""
+        return self.timer is not None and self.timer.fit is None and self.steps.cap is None
+
+    def _follow_plan(self, reading: Reading) -> None:
+        """Hand the step's reading to the time budget; a (re)fitted plan applies from this step on."""
+        self.save_now = False
+        if self.timer is None:
+            return
+        fit = self.timer.observe(
+            self.step, reading, self.steps.total_steps, self.steps.cadence, reading.elapsed - self.last_save_elapsed
+        )
+        if fit is None:
+            return
+        c = self.config
+        self.steps = self.steps.fitted(fit, self.step, c.warmup_steps)
+        assert c.max_time is not None
+        self._emit(PlanFitted(
+            step=fit.step, total_steps=self.steps.total_steps, time_steps=fit.time_steps, budget=self.steps.budget,
+            warmup_steps=self.steps.warmup_steps, step_time=fit.costs.step,
+            evals=fit.cadence.evals_left(self.step, self.steps.total_steps) if c.eval_interval != 0 else 0,
+            eval_time=fit.costs.eval, save_time=fit.costs.save, elapsed=fit.elapsed, projected=fit.projected,
+            max_time=c.max_time, first=fit.first,
+        ))
+        warning = None if self.warned else plan_warning(fit, c.max_time, self.steps.warmup_steps,
+                                                        c.warmup_steps is not None)
+        if warning:  # once, as soon as a fit (the first, or one with measured evaluations) shows it
+            self.warned = True
+            self._emit(PlanWarning(warning))
+        if fit.first:
+            self.save_now = True  # records the plan, and times a save for the next fits
 
     def _finish(self, stop_reason: str) -> TrainSummary:
-        if self.config.eval_interval and self.last_eval_step != self.step and stop_reason not in (
+        if self.config.eval_interval != 0 and self.last_eval_step != self.step and stop_reason not in (
             "interrupted", "diverged"
         ):
             self._validate()
@@ -400,23 +484,24 @@ class _Trainer:
         trained = self.tokens_seen - (self.plan.resume.training["tokens_seen"] if self.plan.resume else 0)
         best = self.run_dir / "best.pth"
         summary = TrainSummary(
-            run_dir=self.run_dir, stop_reason=stop_reason, step=self.step, total_steps=self.plan.total_steps,
+            run_dir=self.run_dir, stop_reason=stop_reason, step=self.step, total_steps=self.steps.total_steps,
             tokens_seen=self.tokens_seen, elapsed=elapsed, tokens_per_second=max(trained, 0) / elapsed,
             final_loss=self.smoothed, val_loss=self.last_val_loss, best_val_loss=self.best_val_loss,
             last_checkpoint=self.run_dir / "last.pth",
             best_checkpoint=best if self.best_val_loss is not None and best.exists() else None,
-            recoveries=self.recoveries, start_step=self.start_step,
+            recoveries=self.recoveries, start_step=self.start_step, run_elapsed=self._total_elapsed(),
+            max_time=self.config.max_time,
         )
         self._emit(TrainEnd(summary))
         return summary
 
     # --- train step -------------------------------------------------------------------------------
 
-    def _forward_backward(self, stop_requested: bool, time_up: bool) -> _StepResult:
+    def _forward_backward(self, stop_requested: bool) -> _StepResult:
         """Forward/backward over this process's share of the next global batch, gradients
         unscaled and clipped, the optimizer not yet stepped; out of memory is a ConfigError."""
         try:
-            return self._accumulate(stop_requested, time_up)
+            return self._accumulate(stop_requested)
         except torch.OutOfMemoryError:
             raise ConfigError(self._too_big()) from None
         except RuntimeError as e:
@@ -424,7 +509,7 @@ class _Trainer:
                 raise ConfigError(self._too_big()) from None
             raise
 
-    def _accumulate(self, stop_requested: bool, time_up: bool) -> _StepResult:
+    def _accumulate(self, stop_requested: bool) -> _StepResult:
         c, parallel, accum = self.config, self.parallel, self.plan.accum_steps
         starts = self.sampler.take(c.global_batch)
         per_process = c.global_batch // parallel.world_size
@@ -437,27 +522,29 @@ class _Trainer:
                     loss = compute_loss(self.step_model, x, y)
                 self.scaler.scale(loss / accum).backward()
             loss_sum += loss.detach().float()
-        # One small all-reduce carries the loss and both stop flags, so every process decides alike.
-        shared = torch.stack([
-            loss_sum / accum,
-            torch.tensor(float(stop_requested), device=self.device),
-            torch.tensor(float(time_up), device=self.device),
+        # One small all-reduce carries the loss, the stop flag and the main process's clock (the others
+        # add zeros), so every process decides alike: stopping, the time budget's plan, timed saves.
+        clock = [self._elapsed(), self.eval_seconds, self.evals, self.save_seconds, self.saves]
+        mine = [float(stop_requested), *(map(float, clock) if parallel.is_main else [0.0] * len(clock))]
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+        shared = torch.cat([
+            (loss_sum / accum).to(dtype).reshape(1), torch.tensor(mine, dtype=dtype, device=self.device)
         ])
         shared = parallel.all_reduce_sum(shared).tolist()
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         grad_norm = parallel.clip_grad_norm(c.grad_clip if c.grad_clip > 0 else math.inf)
-        return _StepResult(shared[0] / parallel.world_size, grad_norm, shared[1] > 0, shared[2] > 0)
+        reading = Reading(self.elapsed_before + shared[2], shared[3], int(shared[4]), shared[5], int(shared[6]))
+        return _StepResult(shared[0] / parallel.world_size, grad_norm, shared[1] > 0, reading)
 
     def _finite(self, result: _StepResult) -> bool:
         # Under fp16 loss scaling an infinite gradient is the scaler's business (it skips the step).
         return math.isfinite(result.loss) and (self.scaler.is_enabled() or math.isfinite(result.grad_norm))
 
     def _optimizer_step(self) -> float:
-        """Step AdamW at the scheduled learning rate; return that rate."""
+        """Step the optimizer at the scheduled learning rate; return that rate."""
         lr = self._lr()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(self.optimizer, lr)  # every group follows the schedule (Muon's at --muon-lr / --lr)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -492,26 +579,31 @@ class _Trainer:
     # --- reporting --------------------------------------------------------------------------------
 
     def _report(self, lr: float, grad_norm: float) -> None:
-        meter, total = self.meter, self.plan.total_steps
+        meter, total = self.meter, self.steps.total_steps
         tps = meter.tokens_per_second
         mfu = self.flops_per_token * tps / (self.peak_flops * self.parallel.world_size) if self.peak_flops else None
         self._emit(StepReport(
             step=self.step, tokens_seen=self.tokens_seen, loss=meter.mean_loss, smoothed_loss=self.smoothed,
             lr=lr, grad_norm=grad_norm, tokens_per_second=tps, mfu=mfu, elapsed=self._total_elapsed(),
             total_steps=total, epoch=self.tokens_seen / self.plan.dataset.num_tokens("train"),
-            eta=meter.eta(total - self.step),
+            eta=meter.eta(total - self.step) if self.timer is None else self.timer.eta(
+                self.step, total, self.steps.cadence, self._total_elapsed(), self._total_elapsed() - self.last_save_elapsed
+            ),
         ))
         meter.reset()
 
     # --- evaluation -------------------------------------------------------------------------------
 
     def _validate(self) -> None:
-        """Evaluate, report it, and save best.pth when this is the lowest validation loss."""
+        """Evaluate, report it, and save best.pth when this is the lowest validation loss (all timed)."""
+        started = self.clock()
         report = self._evaluate()
         self.last_eval_step = self.step
         self._emit(report)
         if report.best:
             self._save_best()
+        self.eval_seconds += self.clock() - started
+        self.evals += 1
 
     @torch.no_grad()
     def _evaluate(self) -> ValidationDone:
@@ -561,6 +653,14 @@ class _Trainer:
         self._emit(Saved(path, self.step, best=True))
 
     def _save_last(self) -> None:
+        started = self.clock()
+        try:
+            self._write_last()
+        finally:
+            self.save_seconds += self.clock() - started
+            self.saves += 1
+
+    def _write_last(self) -> None:
         weights = self.parallel.model_state_dict()  # every process joins these and the RNG gather
         training = self._training_state()
         if not self.parallel.is_main:

@@ -1,21 +1,46 @@
-"""AdamW with weight decay on matrices only, and the learning-rate schedules."""
+"""The optimizers and the learning-rate schedules.
+
+`build_optimizer` makes what --optimizer names: AdamW for every parameter (weight decay on
+matrices only), or Muon for the hidden weight matrices beside AdamW for the rest, combined into
+one torch Optimizer (`MuonWithAdamW`) so the loop, the GradScaler and the checkpoints treat both
+alike. Every group follows one schedule: `set_learning_rate` gives each group the scheduled rate
+times its `lr_ratio` (the Muon group's is --muon-lr / --lr).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-from gpt2es_cli.errors import ConfigError
+from gpt2es_cli.config import TrainConfig
+from gpt2es_cli.errors import CheckpointError, ConfigError
+from gpt2es_cli.model import GPT2
+
+MUON_ADJUST_LR = "match_rms_adamw"
+"""torch's Muon scales each matrix's step to AdamW's update size (0.2 sqrt(max(rows, cols))), so
+--muon-lr and --weight-decay mean what they mean for AdamW (Moonshot, "Muon is Scalable for LLM
+Training", 2025)."""
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def hidden_matrices(model: GPT2) -> list[torch.nn.Parameter]:
+    """What Muon trains: the weight of every linear layer inside the blocks (attention c_attn and
+    c_proj, MLP c_fc and c_proj). The embeddings, the head tied to wte, norms and biases are not."""
+    return [
+        m.weight for block in model.h for m in block.modules()
+        if isinstance(m, torch.nn.Linear) and m.weight.requires_grad
+    ]
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, skip: list[torch.Tensor] | None = None) -> list[dict]:
     """Two AdamW groups: matrices (weights, embeddings) decay; biases and LayerNorm gains do not.
 
     Decaying a bias or a norm's scale pulls it towards 0, which only hurts, so only parameters
-    with two or more dimensions decay. A tied parameter is listed once.
+    with two or more dimensions decay. A tied parameter is listed once; those in `skip` not at all.
     """
-    params = [p for p in model.parameters() if p.requires_grad]  # parameters() skips repeats
+    skipped = {id(p) for p in skip or ()}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in skipped]  # skips repeats
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     return [
@@ -24,15 +49,98 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(
-    model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-8
-) -> torch.optim.AdamW:
+def _adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW, fused into one kernel per step where this torch and device support it, else foreach."""
-    groups = parameter_groups(model, weight_decay)
     try:
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
     except (RuntimeError, ValueError):  # device without a fused kernel
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+
+
+def build_optimizer(model: GPT2, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer --optimizer names, over the plain (unwrapped) model's parameters."""
+    betas = (config.beta1, config.beta2)
+    if config.optimizer == "adamw":
+        adamw = _adamw(parameter_groups(model, config.weight_decay), config.lr, betas)
+        adamw.register_load_state_dict_pre_hook(_refuse_muon_state)
+        return adamw
+    if config.optimizer != "muon":
+        raise ConfigError(f"unknown optimizer {config.optimizer!r}: choose adamw or muon")
+    hidden = hidden_matrices(model)
+    adamw = _adamw(parameter_groups(model, config.weight_decay, skip=hidden), config.lr, betas)
+    muon = torch.optim.Muon(
+        [{"params": hidden, "lr_ratio": config.muon_lr / config.lr}],
+        lr=config.muon_lr, weight_decay=config.weight_decay, adjust_lr_fn=MUON_ADJUST_LR,
+    )
+    return MuonWithAdamW(adamw, muon)
+
+
+def _refuse_muon_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    if isinstance(state_dict, dict) and "muon" in state_dict:
+        raise CheckpointError(
+            "this optimizer state is Muon's with AdamW's (the run was trained with --optimizer muon): "
+            "resume with --optimizer muon, or start a new run from it with --init-from"
+        )
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate to `lr` times its `lr_ratio` (1 where it has none)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_ratio", 1.0)
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Muon for the hidden matrices and AdamW for every other parameter, as one torch Optimizer.
+
+    `param_groups` are the two optimizers' own group dicts (AdamW's, then Muon's): a learning
+    rate set there reaches its optimizer, and `GradScaler.unscale_` / `step` see every gradient
+    and skip both steps on an overflow. `step` and `zero_grad` call both; `state_dict` holds both
+    states under "adamw" and "muon". The per-parameter state lives in `.adamw.state` and
+    `.muon.state`.
+    """
+
+    def __init__(self, adamw: torch.optim.AdamW, muon: torch.optim.Muon) -> None:
+        self.adamw = adamw
+        self.muon = muon
+        # Optimizer's own checks run on the union: no parameter may be in two groups.
+        super().__init__([*adamw.param_groups, *muon.param_groups], defaults={})
+        self._link()
+
+    def _link(self) -> None:
+        # load_state_dict gives each optimizer new group dicts; point at them again.
+        self.param_groups = [*self.adamw.param_groups, *self.muon.param_groups]
+
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.adamw.step()
+        self.muon.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.adamw.zero_grad(set_to_none=set_to_none)
+        self.muon.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adamw": self.adamw.state_dict(), "muon": self.muon.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load both states. Each group's lr_ratio stays the one these settings gave (--lr and
+        --muon-lr may change on resume); the rest of the hyperparameters come from the state."""
+        if not isinstance(state_dict, dict) or not {"adamw", "muon"} <= state_dict.keys():
+            raise CheckpointError(
+                "this optimizer state is not Muon's with AdamW's (the run was trained with --optimizer adamw): "
+                "resume with --optimizer adamw, or start a new run from it with --init-from"
+            )
+        ratios = [group.get("lr_ratio") for group in self.param_groups]
+        self.adamw.load_state_dict(state_dict["adamw"])
+        self.muon.load_state_dict(state_dict["muon"])
+        self._link()
+        for group, ratio in zip(self.param_groups, ratios, strict=True):
+            if ratio is not None:
+                group["lr_ratio"] = ratio
 
 
 def default_warmup(total_steps: int) -> int:

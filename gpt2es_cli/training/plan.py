@@ -7,7 +7,6 @@ touched. `resume_config` rebuilds a run's settings from its checkpoint for `--re
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,10 @@ from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint
 from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.data.dataset import PreparedDataset
 from gpt2es_cli.errors import CheckpointError, ConfigError, DataError
+from gpt2es_cli.settings import AUTO
 from gpt2es_cli.tokenizer import Tokenizer
-from gpt2es_cli.training.optim import default_warmup
+from gpt2es_cli.training.budget import StepPlan, duration_text, plan_steps, step_budgets
+from gpt2es_cli.training.memory import BatchChoice, choose_batch_size
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "best.pth", "loss.png")
 FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "init_from", "seq_len", "seed")
@@ -30,15 +31,14 @@ class RunPlan:
     """A training run, fully resolved and checked."""
 
     config: TrainConfig
-    """The settings with every default filled in (out, seq_len, global_batch, min_lr, warmup)."""
+    """The settings with the defaults that do not depend on the plan filled in (out, seq_len,
+    global_batch, min_lr); warmup, evaluations and saves left as given follow the plan."""
     model_config: ModelConfig
     dataset: PreparedDataset
     tokenizer: Tokenizer
     run_dir: Path
-    total_steps: int
-    """The step budget the schedule follows."""
-    budget: str
-    """Which setting sets total_steps: max_steps, max_tokens or epochs."""
+    steps: StepPlan
+    """The step plan: budget, steps and learning-rate schedule (fitted to --max-time as the run goes)."""
     accum_steps: int
     """Micro-batches per optimizer step in each process."""
     world_size: int
@@ -48,10 +48,26 @@ class RunPlan:
     """The run directory is the resumed checkpoint's own: its files are kept and continued."""
     init_weights: dict[str, Any] | None = None
     """Weights to start from (--init-from)."""
+    batch_choice: BatchChoice | None = None
+    """What --batch-size auto chose and why (None: the batch size was given)."""
 
     @property
     def tokens_per_step(self) -> int:
         return self.config.global_batch * self.config.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        """The steps the schedule plans for now (an upper bound until fitted to --max-time)."""
+        return self.steps.total_steps
+
+    @property
+    def budget(self) -> str:
+        """Which setting sets total_steps: max_steps, max_tokens, epochs or max_time."""
+        return self.steps.budget
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.steps.warmup_steps
 
 
 def run_files(run_dir: Path) -> list[str]:
@@ -191,33 +207,36 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
             f"{config.data}/train.bin has {train_tokens} tokens, fewer than one window of --seq-len {seq_len}: "
             "lower --seq-len or prepare more text"
         )
-    if config.eval_interval and dataset.num_tokens("val") < seq_len + 1:
+    if config.eval_interval != 0 and dataset.num_tokens("val") < seq_len + 1:
         raise DataError(
             f"{config.data}/val.bin has {dataset.num_tokens('val')} tokens, fewer than one window of "
             f"--seq-len {seq_len}: lower --seq-len, prepare a bigger validation split, or pass --eval-interval 0"
         )
 
+    batch_choice = None
+    if config.batch_size == AUTO:  # the largest micro-batch that fits (and divides --global-batch)
+        batch_choice = choose_batch_size(config, model_config, seq_len, train_tokens, world_size)
+        config = replace(config, batch_size=batch_choice.batch_size)
     per_pass = config.batch_size * world_size
     global_batch = config.global_batch or per_pass  # a multiple of per_pass: config.validate(world_size)
     tokens_per_step = global_batch * seq_len
-    budgets = {}
-    if config.max_steps is not None:
-        budgets["max_steps"] = config.max_steps
-    if config.max_tokens is not None:
-        budgets["max_tokens"] = math.ceil(config.max_tokens / tokens_per_step)
-    if config.epochs is not None or not budgets:
-        budgets["epochs"] = math.ceil((config.epochs or 1.0) * train_tokens / tokens_per_step)
-    budget = min(budgets, key=budgets.get)
-    total_steps = max(1, budgets[budget])
-    warmup = config.warmup_steps if config.warmup_steps is not None else default_warmup(total_steps)
+    budgets = step_budgets(config, train_tokens, tokens_per_step)
+    steps = plan_steps(config, budgets, train_tokens, tokens_per_step, resume.training if resume else None)
     min_lr = config.min_lr if config.min_lr is not None else config.lr / 10
 
     if resume is not None:
-        done = int(resume.training["step"])
-        if done >= total_steps:
+        done, trained = int(resume.training["step"]), float(resume.training.get("elapsed") or 0.0)
+        if steps.fit_time and config.max_time is not None and trained >= config.max_time:
             raise ConfigError(
-                f"{resume.path} already finished its budget ({budget}: {total_steps} steps, it is at step {done}): "
-                "raise --max-steps, --max-tokens or --epochs to train further"
+                f"{resume.path} already trained {duration_text(trained)}, its whole --max-time "
+                f"{duration_text(config.max_time)}: raise --max-time to train further"
+            )
+        bound = steps.cap if steps.fit_time else steps.total_steps
+        if bound is not None and done >= bound:
+            budget = steps.cap_budget if steps.fit_time else steps.budget
+            raise ConfigError(
+                f"{resume.path} already finished its budget ({budget}: {bound} steps, it is at step {done}): "
+                "raise --max-steps, --max-tokens, --epochs or --max-time to train further"
             )
 
     run_dir = Path(config.out) if config.out else default_run_dir(config.data)
@@ -232,7 +251,7 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         )
 
     resolved = replace(
-        config, out=str(run_dir), seq_len=seq_len, global_batch=global_batch, warmup_steps=warmup, min_lr=min_lr
+        config, out=str(run_dir), seq_len=seq_len, global_batch=global_batch, min_lr=min_lr
     )
     return RunPlan(
         config=resolved,
@@ -240,11 +259,11 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         dataset=dataset,
         tokenizer=tokenizer,
         run_dir=run_dir,
-        total_steps=total_steps,
-        budget=budget,
+        steps=steps,
         accum_steps=global_batch // per_pass,
         world_size=world_size,
         resume=resume,
         continuing=continuing,
         init_weights=init_weights,
+        batch_choice=batch_choice,
     )

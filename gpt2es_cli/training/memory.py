@@ -1,0 +1,389 @@
+"""How much memory a training step takes, and `--batch-size auto`: the largest micro-batch that fits.
+
+`estimate_training_memory` is a model of the peak of one training step of our GPT-2, by what
+holds the bytes: fp32 weights, gradients and optimizer state, the low-precision weight copies
+autocast makes, the loop's rollback copy, the activations kept for the backward pass (all of
+every block, or only each block's input with activation checkpointing), the logits and their
+gradient, the transient work of the loss and of one block's backward, and what the process
+itself adds. Between steps there is a second peak, on the CPU the larger one at small batches:
+while the loop renews its rollback copy, the old and the new one are both held. The same
+numbers feed the README's memory table (benchmarks/bench_memory.py) and `choose_batch_size`.
+
+`choose_batch_size` resolves `--batch-size auto` before the run starts: on CUDA it measures,
+running real forward/backward passes at the real sequence length (precision and activation
+checkpointing as configured, the optimizer state held) at 1, 2, 4, ... windows until one runs
+out of memory; on the CPU and Apple MPS it takes the largest size the estimate puts within the
+available memory. Either way the size is a power of two, at most MAX_AUTO_BATCH, never more
+windows than the training data holds, and with --global-batch one whose passes divide it.
+The answer is data (`BatchChoice`): the size and what limited it, for the CLI to show.
+
+Per token and block, the activations kept for the backward pass (C = n_embd, `a` = bytes of
+the compute dtype: 4 in fp32, 2 under bf16/fp16 autocast; the residual stream stays fp32):
+the two LayerNorm inputs 2 x 4C, the inputs of the four linear layers a(C + C + C + 4C), the
+fused q, k, v 3aC and the GELU input 4aC: 8C + 14aC. Attention is a fused kernel that keeps
+no (T, T) matrix, except the math fallback (CPU with dropout, MPS) at about 14 bytes per
+element of the n_head x T scores. Checked against the tensors autograd saves (saved-tensor
+hooks, tests/test_memory.py) and against measured peaks (bench_memory.py: within about 10% on
+the CPU, where glibc's allocator may keep freed blocks; ESTIMATE_SHARE leaves room for that).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from gpt2es_cli.config import ModelConfig, TrainConfig
+from gpt2es_cli.device import Precision, select_precision
+from gpt2es_cli.errors import ConfigError
+from gpt2es_cli.model import GPT2
+from gpt2es_cli.training.loss import CHUNK_ELEMENTS, cross_entropy
+
+MAX_AUTO_BATCH = 64
+"""The largest micro-batch --batch-size auto picks: beyond it a step is no faster per token."""
+ESTIMATE_SHARE = 0.8
+"""Share of the available memory an estimated step may fill (the rest: allocator slack, the
+estimate's error, whatever else runs on the machine)."""
+PROBE_SHARE = 0.9
+"""Share of the free GPU memory a probed step may peak at (the rest: fragmentation over a long run)."""
+ATTENTION_MATH_BYTES = 14
+"""Bytes kept per attention score by the unfused (math) attention: scores, softmax, dropout mask."""
+RUNTIME_BYTES = {"cpu": 128 << 20, "mps": 128 << 20}
+"""What a training process adds beyond its tensors once it steps (kernels, autograd's threads, the
+plot library): about 120 MB measured on the CPU. On CUDA the context is already outside the free
+memory counted."""
+FP32 = 4
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak bytes of one training step, by what holds them."""
+
+    weights: int
+    """fp32 parameters."""
+    gradients: int
+    """One fp32 gradient per parameter (plus DDP's gradient buckets, as many again)."""
+    optimizer: int
+    """AdamW: two fp32 moments per parameter; Muon: one momentum for its matrices."""
+    autocast_copies: int
+    """The bf16/fp16 copies of the weight matrices that autocast makes for each forward pass."""
+    rollback: int
+    """The loop's copy of the weights and optimizer state to roll back to after a NaN (host memory,
+    so counted on the CPU and MPS only). It is renewed between steps, the new copy made before
+    the old one goes: for that moment there are two (`between_steps`)."""
+    activations: int
+    """Kept for the backward pass: every block's (or each block's input, with checkpointing), the
+    final norm's, the logits and their gradient."""
+    workspace: int
+    """Transient: the loss's fp32 chunks, one block's backward (and its recomputation), the
+    embedding's dense gradient."""
+    runtime: int = 0
+    """What the process adds beyond tensors (RUNTIME_BYTES)."""
+
+    @property
+    def fixed(self) -> int:
+        """The part of a step that does not grow with the batch."""
+        return self.weights + self.gradients + self.optimizer + self.autocast_copies + self.rollback + self.runtime
+
+    @property
+    def step(self) -> int:
+        """The peak during a forward/backward pass."""
+        return self.fixed + self.activations + self.workspace
+
+    @property
+    def between_steps(self) -> int:
+        """The peak while the rollback copy is renewed (gradients and activations freed)."""
+        return self.weights + self.optimizer + 2 * self.rollback + self.runtime
+
+    @property
+    def total(self) -> int:
+        """The peak of the run."""
+        return max(self.step, self.between_steps)
+
+
+def parameter_count(model: ModelConfig) -> tuple[int, int]:
+    """(all parameters, those in the blocks' weight matrices) of a GPT2 with this config; the
+    tied output projection is the token embedding."""
+    C, L = model.n_embd, model.n_layer
+    matrices = L * 12 * C * C  # c_attn 3C^2, attn c_proj C^2, c_fc 4C^2, mlp c_proj 4C^2
+    per_block = 12 * C * C + 13 * C  # + biases 9C + two LayerNorms 4C
+    return L * per_block + (model.vocab_size + model.n_positions) * C + 2 * C, matrices
+
+
+def estimate_training_memory(
+    model: ModelConfig,
+    seq_len: int,
+    batch_size: int,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    activation_checkpointing: bool = False,
+    optimizer: str = "adamw",
+    device_type: str = "cpu",
+    world_size: int = 1,
+) -> MemoryEstimate:
+    """Estimated peak memory of one training step of `batch_size` windows of `seq_len` tokens,
+    in the memory of `device_type` ("cpu", "cuda" or "mps"); see the module docstring."""
+    C, L, V, H = model.n_embd, model.n_layer, model.vocab_size, model.n_head
+    params, matrices = parameter_count(model)
+    a = FP32 if autocast_dtype is None else torch.finfo(autocast_dtype).bits // 8
+    tokens = batch_size * seq_len
+
+    moments = params * 2 if optimizer == "adamw" else matrices + (params - matrices) * 2  # muon: 1 for matrices
+    optimizer_bytes = FP32 * moments
+    weights = FP32 * params
+    gradients = FP32 * params * (2 if world_size > 1 else 1)  # DDP buckets hold a second copy
+    copies = 0 if autocast_dtype is None else a * (L * (12 * C * C + 9 * C) + V * C)
+    host_memory = device_type in ("cpu", "mps")
+    rollback = FP32 * (params + V * C) + optimizer_bytes if host_memory else 0  # state_dict lists the tied matrix twice
+
+    math_attention = device_type == "mps" or (device_type == "cpu" and model.dropout > 0)
+    dropout_masks = 2 * C if model.dropout > 0 else 0  # bool masks of the two residual branches
+    block = 8 * C + 14 * a * C + FP32 * H + dropout_masks + (ATTENTION_MATH_BYTES * H * seq_len if math_attention else 0)
+    kept_per_block = 4 * C if activation_checkpointing else block  # checkpointing keeps the block's fp32 input
+    head = 4 * C + a * C + 2 * a * V  # ln_f input, lm_head input, logits and their gradient
+    activations = tokens * (L * kept_per_block + head + (C if model.dropout > 0 else 0))
+
+    loss_chunks = 2 * FP32 * min(CHUNK_ELEMENTS.get(device_type, tokens * V), tokens * V)  # fp32 chunk + log-softmax
+    backward = tokens * block * (2 if activation_checkpointing else 1)  # its gradients (+ its recomputation)
+    workspace = loss_chunks + backward + FP32 * V * C  # the embedding's dense gradient, added to the tied one
+    return MemoryEstimate(
+        weights=weights, gradients=gradients, optimizer=optimizer_bytes, autocast_copies=copies,
+        rollback=rollback, activations=activations, workspace=workspace, runtime=RUNTIME_BYTES.get(device_type, 0),
+    )
+
+
+# --- available memory -------------------------------------------------------------------------
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _cgroup_available() -> int | None:
+    """Bytes left under this process's cgroup memory limit (containers), or None when unlimited.
+
+    Reclaimable page cache (inactive_file) counts as available, as the kernel would reclaim it."""
+    for root, limit, usage, inactive in (
+        (Path("/sys/fs/cgroup"), "memory.max", "memory.current", "inactive_file"),  # cgroup v2
+        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+    ):
+        cap, used = _read_int(root / limit), _read_int(root / usage)
+        if cap is None or used is None or cap >= 1 << 60:  # absent, or "max" / no limit
+            continue
+        cache = 0
+        try:
+            for line in (root / "memory.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == inactive:
+                    cache = int(value)
+        except (OSError, ValueError):
+            pass
+        return max(0, cap - used + cache)
+    return None
+
+
+def system_available_memory() -> int:
+    """RAM that can be allocated without swapping: MemAvailable from /proc/meminfo on Linux (and
+    no more than the cgroup limit leaves), else the free pages (os.sysconf), else half the RAM."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024  # kB
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # macOS has no SC_AVPHYS_PAGES
+            try:
+                available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+            except (ValueError, OSError, AttributeError):
+                raise ConfigError("cannot tell how much memory is free on this machine: pass --batch-size N") from None
+    limited = _cgroup_available()
+    return available if limited is None else min(available, limited)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a training step may use on `device`: free GPU memory (plus what torch's cache holds
+    unused) on CUDA, the unified memory MPS may still take, else the system's available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "mps":
+        gpu_left = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+        return min(system_available_memory(), gpu_left)
+    return system_available_memory()
+
+
+# --- --batch-size auto ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchChoice:
+    """What --batch-size auto chose, and why."""
+
+    batch_size: int
+    """Windows per forward pass in each process."""
+    method: str
+    """'probe': real steps on the GPU until one ran out of memory; 'estimate': the memory model."""
+    limit: str
+    """What stopped it growing: 'memory', 'cap' (MAX_AUTO_BATCH), 'data' (the training windows)
+    or 'global_batch' (the largest power of two dividing --global-batch per process)."""
+    available: int
+    """Bytes available to one process when it was chosen."""
+    needed: int
+    """Peak bytes of a step at the chosen size: measured (probe) or estimated."""
+    per_window: int
+    """Estimated bytes each more window would add at the chosen size."""
+    cap: int
+    """The largest size that was allowed."""
+    fits: bool = True
+    """False when even one window is estimated not to fit (the run tries it anyway)."""
+
+
+def batch_candidates(cap: int, global_batch: int | None = None, world_size: int = 1) -> list[int]:
+    """The sizes auto may pick, smallest first: powers of two up to `cap` whose passes (one per
+    process) divide `global_batch` when one is given."""
+    sizes, b = [], 1
+    while b <= max(cap, 1):
+        if global_batch is None or global_batch % (b * world_size) == 0:
+            sizes.append(b)
+        b *= 2
+    return sizes
+
+
+def _limits(global_batch: int | None, world_size: int, windows: int) -> tuple[list[int], int, str]:
+    """The candidate sizes, the largest allowed, and what stops the sizes at the last candidate
+    (the next power of two up would break it): --global-batch, MAX_AUTO_BATCH or the data."""
+    if global_batch is not None and global_batch % world_size:
+        raise ConfigError(
+            f"--global-batch {global_batch} must be a multiple of the {world_size} processes for --batch-size auto"
+        )
+    data = max(1, windows // world_size)  # never more windows per step than the training data has
+    cap = min(MAX_AUTO_BATCH, data, global_batch // world_size if global_batch is not None else data)
+    candidates = batch_candidates(cap, global_batch, world_size)
+    following = 2 * candidates[-1]
+    if global_batch is not None and global_batch % (following * world_size):
+        reason = "global_batch"
+    else:
+        reason = "cap" if following > MAX_AUTO_BATCH else "data"
+    return candidates, cap, reason
+
+
+def probe_sizes(candidates: Sequence[int], step: Callable[[int], int], budget: int) -> dict[int, int]:
+    """Run `step(b)` (which returns its peak bytes) for each size b, smallest first, until one
+    raises torch.OutOfMemoryError or peaks above `budget`; return the peak of each size that ran
+    within it. Memory is freed and torch's cache emptied after each try."""
+    peaks: dict[int, int] = {}
+    for b in candidates:
+        try:
+            peak = step(b)
+        except torch.OutOfMemoryError:
+            peak = None
+        except RuntimeError as e:  # cuBLAS and friends report an allocation failure as a RuntimeError
+            if "out of memory" not in str(e) and "ALLOC_FAILED" not in str(e):
+                raise
+            peak = None
+        finally:
+            gc.collect()
+            torch.cuda.empty_cache()  # a no-op without CUDA
+        if peak is None or peak > budget:
+            break
+        peaks[b] = peak
+    return peaks
+
+
+def _training_pass(model: GPT2, seq_len: int, precision: Precision, b: int) -> int:
+    """Forward + backward of b random windows on a CUDA device; the peak bytes allocated."""
+    device = precision.device
+    x = torch.randint(0, model.config.vocab_size, (b, seq_len), device=device)
+    y = torch.randint(0, model.config.vocab_size, (b, seq_len), device=device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with precision.autocast():
+        loss = cross_entropy(model(x), y)
+    loss.backward()
+    model.zero_grad(set_to_none=False)  # gradients stay allocated, as between micro-steps
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def _probe_cuda(model_config: ModelConfig, seq_len: int, precision: Precision, checkpointing: bool,
+                held_bytes: int, candidates: Sequence[int], budget: int) -> dict[int, int]:
+    """`probe_sizes` with real training passes on a fresh model, `held_bytes` (the optimizer state
+    to come) held beside it; everything is freed after and the random streams left as they were."""
+    with torch.random.fork_rng(devices=[precision.device]):
+        model = GPT2(model_config).to(precision.device).train()
+        model.activation_checkpointing = checkpointing
+        held = torch.empty(held_bytes, dtype=torch.uint8, device=precision.device)
+        try:
+            return probe_sizes(candidates, functools.partial(_training_pass, model, seq_len, precision), budget)
+        finally:
+            del model, held
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+def _agree(batch_size: int) -> int:
+    """Under torchrun every process probes its own device: all take the smallest answer."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return batch_size
+    value = torch.tensor([batch_size], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item())
+
+
+def choose_batch_size(config: TrainConfig, model_config: ModelConfig, seq_len: int, train_tokens: int,
+                      world_size: int = 1) -> BatchChoice:
+    """Resolve --batch-size auto for this run (see the module docstring); CUDA devices are probed."""
+    precision = select_precision(config.device, config.amp, config.dtype)
+    device = precision.device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # torchrun: this process's GPU
+        precision = Precision(device, precision.autocast_dtype)
+    candidates, cap, reason = _limits(config.global_batch, world_size, (train_tokens - 1) // seq_len)
+
+    def estimate(b: int) -> MemoryEstimate:
+        return estimate_training_memory(
+            model_config, seq_len, b, autocast_dtype=precision.autocast_dtype,
+            activation_checkpointing=config.activation_checkpointing, optimizer=config.optimizer,
+            device_type=device.type, world_size=world_size,
+        )
+
+    if device.type == "cuda":
+        available = available_memory(device)
+        one = estimate(1)
+        held = one.optimizer + one.gradients - one.weights  # AdamW's moments, DDP's buckets (beyond the gradients)
+        peaks = _probe_cuda(model_config, seq_len, precision, config.activation_checkpointing, held, candidates,
+                            int(PROBE_SHARE * available))
+        best = _agree(max(peaks, default=0))  # every process joins, even one that fits nothing
+        if best == 0:
+            raise ConfigError(
+                f"one window of {seq_len} tokens does not fit in the {available / 2**30:.1f} GB free on {device}: "
+                "use --activation-checkpointing, a lower --seq-len or a smaller model"
+            )
+        needed, method = peaks.get(best, 0), "probe"
+    else:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))  # processes sharing this machine's RAM
+        available = available_memory(device) // max(1, local)
+        fitting = [b for b in candidates if estimate(b).total <= ESTIMATE_SHARE * available]
+        best = _agree(fitting[-1] if fitting else 1)
+        needed, method = estimate(best).total, "estimate"
+    per_window = (estimate(2 * best).step - estimate(best).step) // best  # at the chosen size
+    return BatchChoice(
+        batch_size=best, method=method, limit="memory" if best < candidates[-1] else reason, available=available,
+        needed=needed, per_window=per_window, cap=cap,
+        fits=method == "probe" or needed <= ESTIMATE_SHARE * available,
+    )

@@ -1,0 +1,296 @@
+"""Optimizers: AdamW's groups, Muon for the hidden matrices beside AdamW, one schedule for both,
+and Muon through the loop (loss goes down, exact resume, NaN rollback)."""
+
+import copy
+import json
+import os
+import signal
+from dataclasses import replace
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gpt2es_cli.checkpoint import load_checkpoint
+from gpt2es_cli.cli import app
+from gpt2es_cli.config import TrainConfig
+from gpt2es_cli.errors import CheckpointError
+from gpt2es_cli.model import GPT2
+from gpt2es_cli.training import Recovery, StepReport, train
+from gpt2es_cli.training import loop as loop_module
+from gpt2es_cli.training.optim import MuonWithAdamW, build_optimizer, hidden_matrices, set_learning_rate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+
+MUON = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=4e-3, weight_decay=0.1)
+
+
+def tiny_run(dataset, out, **kw) -> TrainConfig:
+    settings = dict(
+        data=str(dataset), out=str(out), preset="tiny", batch_size=4, max_steps=8, log_interval=1,
+        eval_interval=4, eval_batches=2, sample_tokens=0, save_interval=4, device="cpu", lr=3e-3,
+        optimizer="muon", muon_lr=6e-3,
+    )
+    settings.update(kw)
+    return TrainConfig(**settings)
+
+
+def train_losses(run_dir, kind="train", key="loss"):
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r[key] for r in map(json.loads, lines) if r["type"] == kind]
+
+
+@pytest.fixture
+def model(tiny_config):
+    torch.manual_seed(0)
+    return GPT2(tiny_config)
+
+
+def loss_of(model, x):
+    logits = model(x[:, :-1])
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+
+
+# --- the partition ------------------------------------------------------------------------------
+
+
+def test_adamw_is_one_plain_adamw_over_every_parameter(model):
+    optimizer = build_optimizer(model, TrainConfig())
+    assert type(optimizer) is torch.optim.AdamW
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == model.num_parameters()
+
+
+def test_muon_gets_the_block_matrices_and_adamw_everything_else_once(model):
+    optimizer = build_optimizer(model, MUON)
+    assert isinstance(optimizer, MuonWithAdamW) and isinstance(optimizer, torch.optim.Optimizer)
+    names = {id(p): n for n, p in model.named_parameters()}  # named_parameters() lists the tied head once
+    muon = [names[id(p)] for g in optimizer.muon.param_groups for p in g["params"]]
+    decay, no_decay = ([names[id(p)] for p in g["params"]] for g in optimizer.adamw.param_groups)
+    expected_muon = [f"h.{i}.{m}.weight" for i in range(model.config.n_layer)
+                     for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    assert sorted(muon) == sorted(expected_muon)
+    assert sorted(decay) == ["wpe.weight", "wte.weight"]  # wte is the head too: once, and with AdamW
+    assert all(n.endswith(".bias") or ".ln_" in n or n.startswith("ln_f") for n in no_decay)
+    every = muon + decay + no_decay
+    assert len(every) == len(set(every)) and set(every) == set(names.values())  # none missing, none twice
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == model.num_parameters()
+    assert [p.dim() for p in hidden_matrices(model)] == [2] * len(expected_muon)
+
+    # The loop sees AdamW's two groups then Muon's, as the same dicts the two optimizers use.
+    assert optimizer.param_groups == [*optimizer.adamw.param_groups, *optimizer.muon.param_groups]
+    assert all(a is b for a, b in zip(optimizer.param_groups, [*optimizer.adamw.param_groups,
+                                                                *optimizer.muon.param_groups], strict=True))
+    adamw_decay, adamw_no_decay, muon_group = optimizer.param_groups
+    assert (adamw_decay["weight_decay"], adamw_no_decay["weight_decay"], muon_group["weight_decay"]) == (0.1, 0.0, 0.1)
+    assert adamw_decay["lr"] == 1e-3 and muon_group["lr"] == 4e-3
+
+
+def test_every_group_follows_the_schedule_muon_at_its_ratio(model):
+    optimizer = build_optimizer(model, MUON)
+    for lr in (1e-4, 1e-3, 0.0):
+        set_learning_rate(optimizer, lr)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([lr, lr, lr * 4])
+        assert optimizer.muon.param_groups[0]["lr"] == pytest.approx(lr * 4)
+
+
+# --- the combination as one optimizer -----------------------------------------------------------
+
+
+def test_steps_zero_grad_and_a_state_dict_round_trip(model, tiny_config):
+    torch.manual_seed(1)
+    x = torch.randint(0, tiny_config.vocab_size, (4, 17))
+    optimizer = build_optimizer(model, MUON)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss_of(model, x).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())  # both optimizers stepped
+    state = copy.deepcopy(optimizer.state_dict())  # load_state_dict adopts the tensors it is given
+    assert set(state) == {"adamw", "muon"} and len(state["muon"]["state"]) == len(hidden_matrices(model))
+
+    # A fresh optimizer with another --muon-lr takes the saved state but keeps its own ratio.
+    twin = GPT2(tiny_config)
+    twin.load_state_dict(model.state_dict())
+    other = build_optimizer(twin, replace(MUON, muon_lr=2e-3))
+    other.load_state_dict(state)
+    assert other.param_groups[2]["lr_ratio"] == pytest.approx(2.0)
+    assert all(a is b for a, b in zip(other.param_groups, [*other.adamw.param_groups, *other.muon.param_groups],
+                                      strict=True))
+    for opt, net in ((optimizer, model), (other, twin)):
+        set_learning_rate(opt, 1e-3)
+        loss_of(net, x).backward()
+    other.param_groups[2]["lr"] = optimizer.param_groups[2]["lr"]  # compare the step itself
+    optimizer.step()
+    other.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(b, a, msg=name)
+
+
+def test_the_other_optimizers_state_is_refused_in_one_line(model):
+    adamw_state = build_optimizer(model, TrainConfig()).state_dict()
+    muon_state = build_optimizer(model, MUON).state_dict()
+    with pytest.raises(CheckpointError, match="trained with --optimizer adamw"):
+        build_optimizer(model, MUON).load_state_dict(adamw_state)
+    with pytest.raises(CheckpointError, match="trained with --optimizer muon"):
+        build_optimizer(model, TrainConfig()).load_state_dict(muon_state)
+
+
+def test_grad_scaler_unscales_both_and_skips_both_on_overflow(tiny_config):
+    torch.manual_seed(1)
+    x = torch.randint(0, tiny_config.vocab_size, (4, 17))
+    scaled, plain = GPT2(tiny_config), GPT2(tiny_config)
+    plain.load_state_dict(scaled.state_dict())
+    opt_scaled, opt_plain = build_optimizer(scaled, MUON), build_optimizer(plain, MUON)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaler.scale(loss_of(scaled, x)).backward()
+    scaler.unscale_(opt_scaled)  # as the loop does, before clipping
+    loss_of(plain, x).backward()
+    for a, b in zip(scaled.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+    scaler.step(opt_scaled)
+    scaler.update()
+    opt_plain.step()
+    for a, b in zip(scaled.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+    # An infinite gradient in either part skips the whole step and lowers the scale.
+    before = {n: p.detach().clone() for n, p in scaled.named_parameters()}
+    for poisoned in (scaled.h[0].mlp.c_fc.weight, scaled.ln_f.bias):
+        opt_scaled.zero_grad()
+        scaler.scale(loss_of(scaled, x)).backward()
+        poisoned.grad[0] = float("inf")
+        scale = scaler.get_scale()
+        scaler.step(opt_scaled)
+        scaler.update()
+        assert scaler.get_scale() < scale
+        assert all(torch.equal(before[n], p) for n, p in scaled.named_parameters())
+
+
+# --- through the loop ---------------------------------------------------------------------------
+
+
+def test_a_few_muon_steps_lower_the_loss(train_dataset, tmp_path):
+    summary = train(tiny_run(train_dataset, tmp_path / "run", max_steps=16, eval_interval=0, save_interval=0))
+    losses = train_losses(tmp_path / "run")
+    assert summary.step == 16 and len(losses) == 16
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5
+    saved = load_checkpoint(tmp_path / "run" / "last.pth").training
+    assert saved["config"]["optimizer"] == "muon" and set(saved["optimizer"]) == {"adamw", "muon"}
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """The optimizers the loop builds, as it builds them."""
+    found = []
+    real_build = loop_module.build_optimizer
+
+    def build_and_keep(*args):
+        found.append(real_build(*args))
+        return found[-1]
+
+    monkeypatch.setattr(loop_module, "build_optimizer", build_and_keep)
+    return found
+
+
+@pytest.fixture
+def nan_on(monkeypatch):
+    """Make compute_loss return NaN on the given call numbers (1-based): one call per step here."""
+
+    def install(bad_calls):
+        real_loss = loop_module.compute_loss
+        calls = {"n": 0}
+
+        def patched(model, x, y):
+            calls["n"] += 1
+            loss = real_loss(model, x, y)
+            return loss * float("nan") if calls["n"] in bad_calls else loss
+
+        monkeypatch.setattr(loop_module, "compute_loss", patched)
+
+    return install
+
+
+def tensors(state):
+    """Every tensor in a (nested) state dict, in order."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for k in sorted(state, key=str) for t in tensors(state[k])]
+    if isinstance(state, (list, tuple)):
+        return [t for v in state for t in tensors(v)]
+    return []
+
+
+def test_muon_lr_follows_the_schedule_at_its_ratio_through_rollback(train_dataset, tmp_path, built, nan_on):
+    nan_on({6})
+    seen = []
+
+    def watch(event):
+        if isinstance(event, StepReport):
+            optimizer = built[0]
+            seen.append((event.step, event.lr, [g["lr"] for g in optimizer.param_groups]))
+        elif isinstance(event, Recovery):
+            seen.append(event)
+
+    summary = train(tiny_run(train_dataset, tmp_path / "run", max_steps=10, warmup_steps=3), subscribers=[watch])
+    recoveries = [e for e in seen if isinstance(e, Recovery)]
+    assert len(recoveries) == 1 and recoveries[0].step == 6 and recoveries[0].restored_step == 4
+    assert summary.step == 10 and summary.recoveries == 1
+    reports = [e for e in seen if not isinstance(e, Recovery)]
+    assert len({lr for _, lr, _ in reports}) > 5  # warmup then cosine: the rate moves
+    for _, lr, (decay, no_decay, muon) in reports:
+        assert decay == no_decay == pytest.approx(lr) and muon == pytest.approx(lr * 2)  # 6e-3 / 3e-3
+    first_5, again_5 = (lr for step, lr, _ in reports if step == 5)
+    assert again_5 == pytest.approx(first_5 / 2)  # the rollback halved both rates
+    assert all(torch.isfinite(torch.tensor(train_losses(tmp_path / "run"))))
+
+
+def test_interrupted_then_resumed_equals_uninterrupted_with_muon(train_dataset, tmp_path):
+    # Dropout and gradient accumulation on, so RNG and accumulation state must be restored too.
+    config = tiny_run(train_dataset, tmp_path / "whole", max_steps=10, batch_size=2, global_batch=4, dropout=0.1,
+                      eval_interval=3, save_interval=100)
+    train(config)
+
+    def ctrl_c_at_step_4(event):
+        if isinstance(event, StepReport) and event.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = tmp_path / "cut"
+    stopped = train(replace(config, out=str(cut)), subscribers=[ctrl_c_at_step_4])
+    assert stopped.stop_reason == "interrupted" and stopped.step == 5
+    result = runner.invoke(app, ["train", "--resume", str(cut)])
+    assert result.exit_code == 0, result.output
+    assert "resuming at step 5" in result.stdout
+
+    whole = tmp_path / "whole"
+    torch.testing.assert_close(train_losses(cut), train_losses(whole), rtol=1e-6, atol=1e-7)
+    assert len(train_losses(cut)) == 10
+    assert train_losses(cut, "eval", "val_loss") == pytest.approx(train_losses(whole, "eval", "val_loss"), rel=1e-6)
+    a, b = load_checkpoint(whole / "last.pth"), load_checkpoint(cut / "last.pth")
+    for key, value in a.model_state.items():
+        torch.testing.assert_close(b.model_state[key], value, rtol=1e-6, atol=1e-7)
+    momentum = [s["momentum_buffer"] for s in a.training["optimizer"]["muon"]["state"].values()]
+    resumed = [s["momentum_buffer"] for s in b.training["optimizer"]["muon"]["state"].values()]
+    torch.testing.assert_close(resumed, momentum, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_second_rollback_restores_the_same_good_state(train_dataset, tmp_path, built, nan_on, optimizer):
+    nan_on({6, 8})  # step 6 fails, back to step 4; step 5 passes; step 6 fails again, back to step 4
+    at_step_4, restored = [], []
+
+    def watch(event):
+        state = copy.deepcopy(built[0].state_dict())
+        if isinstance(event, StepReport) and event.step == 4 and not at_step_4:
+            at_step_4.append(state)
+        elif isinstance(event, Recovery):
+            restored.append(state)
+
+    summary = train(tiny_run(train_dataset, tmp_path / "run", max_steps=8, eval_interval=0, optimizer=optimizer),
+                    subscribers=[watch])
+    assert summary.recoveries == 2 and len(restored) == 2
+    for state in restored:
+        for got, want in zip(tensors(state), tensors(at_step_4[0]), strict=True):
+            assert torch.equal(got, want)
