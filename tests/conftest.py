@@ -48,6 +48,17 @@ def make_dataset(path, tokenizer, texts, repeats=40, val_repeats=2):
     return path
 
 
+def tiny_run(dataset, out, **kw):
+    """The settings of a tiny training run on `dataset` into `out` (a few seconds); `kw` overrides."""
+    from gpt2es_cli.config import TrainConfig
+
+    settings = dict(
+        data=str(dataset), out=str(out), preset="tiny", batch_size=4, max_steps=8, log_interval=1,
+        eval_interval=4, eval_batches=2, sample_tokens=4, save_interval=4, device="cpu", lr=3e-3,
+    )
+    return TrainConfig(**{**settings, **kw})
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread, and the shared 2-core machine stays usable."""

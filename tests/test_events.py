@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 from typing import ClassVar
 
+import conftest
 import pytest
 import torch
 
@@ -32,12 +33,7 @@ def dataset(train_dataset):
 
 
 def tiny_run(dataset, out, **kw) -> TrainConfig:
-    settings = dict(
-        data=str(dataset), out=str(out), preset="tiny", batch_size=4, max_steps=4, log_interval=2,
-        eval_interval=2, eval_batches=2, sample_tokens=0, save_interval=2, device="cpu", lr=3e-3,
-    )
-    settings.update(kw)
-    return TrainConfig(**settings)
+    return conftest.tiny_run(dataset, out, **{**dict(max_steps=4, log_interval=2, eval_interval=2, sample_tokens=0, save_interval=2), **kw})
 
 
 def step_report(**kw) -> StepReport:

@@ -3,6 +3,7 @@
 
 from dataclasses import replace
 
+import conftest
 import pytest
 import torch
 import yaml
@@ -203,11 +204,7 @@ def test_auto_on_cuda_takes_the_probe(monkeypatch):
 
 
 def tiny_run(dataset, out, **kw) -> TrainConfig:
-    settings = dict(
-        data=str(dataset), out=str(out), preset="tiny", batch_size=4, max_steps=6, log_interval=1,
-        eval_interval=0, sample_tokens=0, save_interval=0, device="cpu", lr=3e-3,
-    )
-    return TrainConfig(**{**settings, **kw})
+    return conftest.tiny_run(dataset, out, **{**dict(max_steps=6, eval_interval=0, sample_tokens=0, save_interval=0), **kw})
 
 
 def test_plan_resolves_auto_before_the_accumulation(train_dataset, tmp_path, monkeypatch):

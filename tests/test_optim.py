@@ -7,6 +7,7 @@ import os
 import signal
 from dataclasses import replace
 
+import conftest
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -27,13 +28,7 @@ MUON = TrainConfig(optimizer="muon", lr=1e-3, muon_lr=4e-3, weight_decay=0.1)
 
 
 def tiny_run(dataset, out, **kw) -> TrainConfig:
-    settings = dict(
-        data=str(dataset), out=str(out), preset="tiny", batch_size=4, max_steps=8, log_interval=1,
-        eval_interval=4, eval_batches=2, sample_tokens=0, save_interval=4, device="cpu", lr=3e-3,
-        optimizer="muon", muon_lr=6e-3,
-    )
-    settings.update(kw)
-    return TrainConfig(**settings)
+    return conftest.tiny_run(dataset, out, **{**dict(sample_tokens=0, optimizer="muon", muon_lr=6e-3), **kw})
 
 
 def train_losses(run_dir, kind="train", key="loss"):

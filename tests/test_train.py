@@ -9,7 +9,7 @@ from io import StringIO
 
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import make_dataset, tiny_run
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -44,13 +44,6 @@ def dataset(train_dataset):
     return train_dataset
 
 
-def tiny_run(dataset, out, **kw) -> TrainConfig:
-    settings = dict(
-        data=str(dataset), out=str(out), preset="tiny", batch_size=4, max_steps=8, log_interval=1,
-        eval_interval=4, eval_batches=2, sample_tokens=4, save_interval=4, device="cpu", lr=3e-3,
-    )
-    settings.update(kw)
-    return TrainConfig(**settings)
 
 
 def records(run_dir, kind):
