@@ -9,8 +9,9 @@ see the same machine:
   train.py recipe): GPT-2 tokenizer (../shared/gpt2-tokenizer), the same model size as ours,
   bias on, dropout 0, AdamW betas 0.9/0.95 with weight decay 0.1 on 2-D weights, lr 6e-4 with
   a linear warmup of 100 iterations (10% if fewer) and a cosine to 6e-5 over max_iters fitted
-  to the budget from its own measured speed, grad clip 1.0, bf16 autocast, random windows,
-  batch 8 x 256.
+  to the budget from its own measured speed, grad clip 1.0, bf16 autocast where the CPU has
+  native bf16 (else float32: nanoGPT's train.py never autocasts on a CPU, and emulated bf16 is
+  many times slower), random windows, batch 8 x 256.
 
 Both train on the book corpus minus one held-out book and are scored the same way on that book:
 bits per byte (total loss in bits over the book's UTF-8 bytes), sliding window with stride half
@@ -170,8 +171,11 @@ def train_reference(data: Path, out: Path, minutes: float, size: dict, seed: int
     import torch
     import torch.nn.functional as F
 
+    from gpt2es_cli.device import cpu_has_native_bf16
+
     torch.set_num_threads(1)
     torch.manual_seed(seed)
+    bf16 = cpu_has_native_bf16()  # the same rule as gpt2es's --amp on a CPU
     budget = minutes * 60
     start = time.perf_counter()
     batch, block = 8, size["n_positions"]
@@ -220,7 +224,7 @@ def train_reference(data: Path, out: Path, minutes: float, size: dict, seed: int
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = get_batch()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
         loss.backward()
@@ -233,7 +237,7 @@ def train_reference(data: Path, out: Path, minutes: float, size: dict, seed: int
     torch.save(model.state_dict(), out / "reference.pt")
     (out / "result.json").write_text(json.dumps({
         "steps": it, "tokens": it * batch * block, "seconds": elapsed, "warmup": warmup,
-        "final_loss": float(np.mean(losses[-20:])), "size": size,
+        "final_loss": float(np.mean(losses[-20:])), "size": size, "precision": "bfloat16" if bf16 else "float32",
     }))
 
 

@@ -1,5 +1,6 @@
 """Training: the loop (loop.py) and the events it emits (events.py), run planning and checks
-(plan.py), AdamW and learning-rate schedules (optim.py), data parallelism under torchrun
+(plan.py), the optimizers (AdamW, Muon + AdamW) and schedules (optim.py), the time budget (budget.py),
+the memory model and --batch-size auto (memory.py), data parallelism under torchrun
 (parallel.py), throughput and MFU (metrics.py), and the loggers that subscribe to the events
 (subscribers/: metrics.jsonl, loss.png)."""
 

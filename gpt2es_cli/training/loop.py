@@ -2,8 +2,8 @@
 
 `train(config)` plans the run (see plan.py), then steps: each optimizer step reads the next
 `global_batch` windows (every process its own share), runs `accum_steps` forward/backward
-passes under autocast (gradients synchronised only on the last), clips, and steps AdamW at
-the scheduled learning rate. Around it: rollback on a non-finite loss, progress reports,
+passes under autocast (gradients synchronised only on the last), clips, and steps the
+optimizer (AdamW, or Muon + AdamW: optim.py) at the scheduled learning rate. Around it: rollback on a non-finite loss, progress reports,
 evaluation on fixed validation windows with a sample, checkpoints, and a clean stop on
 Ctrl-C or SIGTERM.
 

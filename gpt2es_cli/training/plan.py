@@ -22,8 +22,9 @@ from gpt2es_cli.training.budget import StepPlan, duration_text, plan_steps, step
 from gpt2es_cli.training.memory import BatchChoice, choose_batch_size
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "best.pth", "loss.png")
-FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "init_from", "seq_len", "seed")
-"""Settings a resumed run must keep: the architecture, the data windows and their order."""
+FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "init_from", "seq_len", "seed", "optimizer")
+"""Settings a resumed run must keep: the architecture, the data windows and their order, the optimizer
+(its state is the one in the checkpoint)."""
 
 
 @dataclass
