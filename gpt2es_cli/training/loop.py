@@ -104,7 +104,9 @@ def train(
         parallel.barrier()  # every process has checked the run before the main one writes anything
         listeners = [*run_loggers(), *subscribers] if parallel.is_main else []
         trainer = _Trainer(plan, precision, parallel, listeners, clock, started)
-        return trainer.run()
+        summary = trainer.run()
+        parallel.barrier()  # leave together: a process whose peer already tore down its group can abort at exit
+        return summary
     finally:
         parallel.shutdown()
 
