@@ -194,7 +194,7 @@ def field_problems(settings: Any, label: Callable[[Field], str] = option_name) -
     return found
 
 
-def coerce(cls: type, name: str, value: Any, source: str) -> Any:
+def coerce(cls: type, name: str, value: Any) -> Any:
     """A value from a file or the command line in the field's type (text parsed, 3 -> 3.0 for floats)."""
     f = next(f for f in fields(cls) if f.name == name)
     spec = spec_of(f)
@@ -240,7 +240,7 @@ def build(cls: type, data: dict[str, Any], source: str, base: Any = None) -> Any
     unknown = sorted(str(k) for k in data if k not in names)
     if unknown:
         raise unknown_keys_error(cls, unknown, source)
-    values = {k: coerce(cls, k, v, source) for k, v in data.items()}
+    values = {k: coerce(cls, k, v) for k, v in data.items()}
     result = dataclasses.replace(base, **values) if base is not None else cls(**values)
     return result.validate()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import MISSING, Field, fields
 from typing import Annotated, Any, Optional
 
@@ -73,13 +73,12 @@ def _typed(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
 
 
-def settings_options(cls: type, into: str = "given", exclude: Iterable[str] = ()) -> Callable[[Callable], Callable]:
-    """Give a command one option per field of `cls` (except `exclude`); pass what the user set as `into`."""
-    skip = set(exclude)
+def settings_options(cls: type, into: str = "given") -> Callable[[Callable], Callable]:
+    """Give a command one option per field of `cls`; pass what the user set as `into`."""
 
     def decorate(fn: Callable) -> Callable:
         own = [p for name, p in inspect.signature(fn).parameters.items() if name != into]
-        generated = [_parameter(cls, f) for f in fields(cls) if spec_of(f).cli and f.name not in skip]
+        generated = [_parameter(cls, f) for f in fields(cls) if spec_of(f).cli]
         names = {p.name for p in generated}
         clash = names & {p.name for p in own}
         if clash:
