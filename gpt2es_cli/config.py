@@ -203,8 +203,10 @@ class TrainConfig:
     """Validation loss and a sample every N steps and at the end; 0 disables. Unset: 20 evaluations spread
     evenly over the planned steps; with --max-time, 10 to 20 as about a tenth of the time allows (fewer, with a
     warning, when 10 would take half of it)."""
-    eval_batches: int = setting(20, ge=1, le=1 << 20, panel=WATCH)
-    """Fixed validation batches per evaluation."""
+    eval_batches: int | None = setting(
+        None, ge=1, le=1 << 20, panel=WATCH, default_text="20; with --max-time as many as 10 evaluations afford"
+    )
+    """Validation batches per evaluation, the same windows every time."""
     sample_prompt: str = setting("Había una vez", panel=WATCH)
     """Prompt of the sample shown at each evaluation."""
     sample_tokens: int = setting(40, ge=0, le=1 << 16, panel=WATCH)

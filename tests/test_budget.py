@@ -7,6 +7,7 @@ run's times and every decision made from them are the same on every machine and 
 
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -25,6 +26,8 @@ from gpt2es_cli.training import loop as loop_module
 from gpt2es_cli.training import subscribers as subscribers_module
 from gpt2es_cli.training.budget import (
     CALIBRATION_STEPS,
+    EVAL_BATCHES,
+    EVAL_SHARE,
     MIN_EVALS,
     SKIP_STEPS,
     Cadence,
@@ -33,6 +36,7 @@ from gpt2es_cli.training.budget import (
     Schedule,
     Segment,
     TimeBudget,
+    batches_for,
     evals_for,
     events_left,
     fit_steps,
@@ -124,8 +128,16 @@ def test_expensive_evaluations_are_spaced_out():
     assert evals_for(200.0, 18.0, done=3) == 5
 
 
+def test_batches_per_evaluation_fit_ten_evaluations_in_a_tenth_of_the_time():
+    assert batches_for(240.0, 1.0, 1.0, 20) == 1  # 2.4 s an evaluation, 1 s of it beside the batches
+    assert batches_for(240.0, 0.1, 0.4, 20) == 20  # cheap batches: as many as asked
+    assert batches_for(3600.0, 1.0, 1.0, 20) == 20
+    assert batches_for(600.0, 1.0, 1.0, 20) == 5
+    assert batches_for(10.0, 5.0, 3.0, 20) == 1  # never none
+
+
 def test_the_time_budget_measures_after_the_first_steps_and_fits():
-    budget = TimeBudget(100.0, cap=None, start_elapsed=0.0, eval_ratio=0.5, save_estimate=0.0)
+    budget = TimeBudget(100.0, cap=None, start_elapsed=0.0, batch_ratio=0.025, save_estimate=0.0)
     # The first steps are slow (start-up, torch.compile): they are not measured.
     slow = [budget.observe(i, Reading(2.0 * (i + 1)), 10_000, NO_EVALS) for i in range(SKIP_STEPS - 1)]
     assert slow == [None] * (SKIP_STEPS - 1)
@@ -137,7 +149,7 @@ def test_the_time_budget_measures_after_the_first_steps_and_fits():
 
 
 def test_a_slowdown_re_plans_and_the_end_stays_on_the_budget():
-    budget = TimeBudget(200.0, cap=None, start_elapsed=0.0, eval_ratio=0.5, save_estimate=0.0)
+    budget = TimeBudget(200.0, cap=None, start_elapsed=0.0, batch_ratio=0.025, save_estimate=0.0)
     fits, total, elapsed = feed(budget, 0.5, 100)
     assert [f.first for f in fits] == [True] and total == pytest.approx(400, abs=2)
     step = 100
@@ -153,7 +165,7 @@ def test_a_slowdown_re_plans_and_the_end_stays_on_the_budget():
 
 
 def test_a_step_budget_caps_the_time_fit():
-    budget = TimeBudget(1000.0, cap=50, start_elapsed=0.0, eval_ratio=0.5, save_estimate=0.0)
+    budget = TimeBudget(1000.0, cap=50, start_elapsed=0.0, batch_ratio=0.025, save_estimate=0.0)
     fits, _, _ = feed(budget, 0.5, 20)
     assert fits[0].total_steps == 50 and fits[0].time_steps > 1000
 
@@ -200,9 +212,9 @@ class FakeClock:
     """Time that passes only by work: `step` seconds a training pass, `evaluation` an evaluation,
     `save` a save of last.pth (subscribe it to the run so it sees evaluations and saves)."""
 
-    def __init__(self, step=0.25, evaluation=1.0, save=0.5):
+    def __init__(self, step=0.25, evaluation=1.0, save=0.5, per_batch=0.0):
         self.now = 0.0
-        self.step, self.evaluation, self.save = step, evaluation, save
+        self.step, self.evaluation, self.save, self.per_batch = step, evaluation, save, per_batch
 
     def __call__(self):
         return self.now
@@ -226,6 +238,14 @@ def clocked(monkeypatch):
         return real(model, x, y)
 
     monkeypatch.setattr(loop_module, "compute_loss", timed)
+    real_windows = loop_module._Trainer._validation_windows
+
+    def windows(self):  # an evaluation also costs per_batch seconds a validation batch
+        starts = real_windows(self)
+        holder["clock"].now += holder["clock"].per_batch * math.ceil(len(starts) / self.config.batch_size)
+        return starts
+
+    monkeypatch.setattr(loop_module._Trainer, "_validation_windows", windows)
 
     def install(clock):
         holder["clock"] = clock
@@ -275,6 +295,42 @@ def test_a_time_budgeted_run_ends_annealed_evaluated_and_on_time(train_dataset, 
         assert abs(r.elapsed + r.eta - summary.run_elapsed) <= 0.1 * 60.0, r
     assert not of(events, PlanWarning)
     assert [r["type"] for r in records(tmp_path / "run", "plan")] == ["plan"] * len(plans)
+
+
+def test_short_budgets_evaluate_often_on_fewer_batches_and_resume_keeps_them(train_dataset, tmp_path, clocked):
+    # 20 batches would cost 2 s an evaluation: 10 of them a third of the 60 s. The first fit lowers
+    # the batches so that 10 take about a tenth; the measured cost then affords more evaluations.
+    fake = dict(step=0.25, evaluation=0.2, save=0.0, per_batch=0.1)
+    config = timed_run(train_dataset, tmp_path / "whole", eval_batches=None)
+    whole, events = run(config, clocked(FakeClock(**fake)))
+    plans, evals = of(events, PlanFitted), of(events, ValidationDone)
+    batches = plans[0].eval_batches
+    assert 1 <= batches < EVAL_BATCHES and all(p.eval_batches == batches for p in plans)
+    assert len(evals) >= MIN_EVALS
+    spent = len(evals) * (fake["evaluation"] + fake["per_batch"] * batches)
+    assert spent <= 1.6 * EVAL_SHARE * 60.0  # about a tenth of the budget
+    assert abs(whole.run_elapsed - 60.0) <= tolerance(60.0)
+    assert {r["eval_batches"] for r in records(tmp_path / "whole", "plan")} == {batches}
+
+    stop_at = plans[-1].step + 5
+
+    def ctrl_c(event):
+        if isinstance(event, StepReport) and event.step == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = tmp_path / "cut"
+    run(config.updated({"out": str(cut)}), clocked(FakeClock(**fake)), extra=[ctrl_c])
+    checkpoint = load_resume_checkpoint(cut)
+    assert checkpoint.training["plan"]["eval_batches"] == batches
+    resumed, _ = run(resume_config(checkpoint, {}), clocked(FakeClock(**fake)), resume=checkpoint)
+    assert resumed.step == whole.step
+    assert records(cut) == records(tmp_path / "whole")  # the same windows: the same validation losses
+
+
+def test_given_eval_batches_are_kept_under_a_time_budget(train_dataset, tmp_path, clocked):
+    config = timed_run(train_dataset, tmp_path / "run", eval_batches=20)
+    _, events = run(config, clocked(FakeClock(step=0.25, evaluation=0.2, save=0.0, per_batch=0.1)))
+    assert {p.eval_batches for p in of(events, PlanFitted)} == {20}
 
 
 def test_killed_and_resumed_reproduces_the_run_exactly(train_dataset, tmp_path, clocked):

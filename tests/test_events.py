@@ -59,11 +59,11 @@ def test_each_event_gives_its_own_record():
         "type": "recovery", "step": 6, "restored_step": 4, "lr_scale": 0.5, "attempt": 1,
     }
     assert Saved(Path("last.pth"), 4).record() is None
-    plan = PlanFitted(step=9, total_steps=500, time_steps=500, budget="max_time", warmup_steps=25, evals=20,
+    plan = PlanFitted(step=9, total_steps=500, time_steps=500, budget="max_time", warmup_steps=25, evals=20, eval_batches=20,
                       step_time=0.4, eval_time=3.0, save_time=0.5, elapsed=5.0, projected=239.5, max_time=240.0,
                       first=True)
     assert plan.record() == {"type": "plan", "step": 9, "total_steps": 500, "time_steps": 500, "budget": "max_time",
-                             "warmup_steps": 25, "evals": 20, "step_time": 0.4, "eval_time": 3.0, "save_time": 0.5,
+                             "warmup_steps": 25, "evals": 20, "eval_batches": 20, "step_time": 0.4, "eval_time": 3.0, "save_time": 0.5,
                              "elapsed": 5.0, "projected": 239.5, "max_time": 240.0, "first": True}
     assert PlanWarning("only 12 steps fit").record() is None
 

@@ -17,7 +17,7 @@ from gpt2es_cli.cli import app
 from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.errors import CheckpointError
 from gpt2es_cli.model import GPT2
-from gpt2es_cli.training import Recovery, StepReport, train
+from gpt2es_cli.training import Recovery, StepReport, optim, train
 from gpt2es_cli.training import loop as loop_module
 from gpt2es_cli.training.optim import MuonWithAdamW, build_optimizer, hidden_matrices, set_learning_rate
 
@@ -289,3 +289,38 @@ def test_a_second_rollback_restores_the_same_good_state(train_dataset, tmp_path,
     for state in restored:
         for got, want in zip(tensors(state), tensors(at_step_4[0]), strict=True):
             assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(48, 32), (32, 48)])
+def test_our_muon_is_torchs_in_bfloat16_and_close_in_float32(monkeypatch, shape):
+    """Our Muon only changes the dtype of the orthogonalization: in bfloat16 it steps exactly as
+    torch.optim.Muon (state included); in float32 the step is the same to bfloat16's precision."""
+    torch.manual_seed(0)
+    start = torch.randn(shape)
+    grads = [torch.randn(shape) for _ in range(3)]
+
+    def run(cls, dtype=None):
+        if dtype is not None:
+            monkeypatch.setattr(optim, "orthogonalize_dtype", lambda device: dtype)
+        w = torch.nn.Parameter(start.clone())
+        opt = cls([w], lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        return w.detach(), opt.state_dict()
+
+    theirs, their_state = run(torch.optim.Muon)
+    ours, our_state = run(optim.Muon, torch.bfloat16)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(our_state["state"][0]["momentum_buffer"], their_state["state"][0]["momentum_buffer"])
+    fp32, _ = run(optim.Muon, torch.float32)
+    assert not torch.equal(fp32, theirs)
+    assert torch.allclose(fp32, theirs, atol=0.02 * 0.2 * max(shape) ** 0.5 * 3 * 0.05)
+
+
+def test_muon_orthogonalizes_in_float32_on_a_cpu_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: False)
+    assert optim.orthogonalize_dtype(torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: True)
+    assert optim.orthogonalize_dtype(torch.device("cpu")) == torch.bfloat16
+    assert optim.orthogonalize_dtype(torch.device("cuda")) == torch.bfloat16

@@ -10,7 +10,8 @@ end at the budget (`fit_steps`). Then it keeps projecting the end and re-fits wh
 projection drifts from the budget by more than `margin`. A step budget caps the fit: the one
 that binds first wins. The time is the run's, summed over its invocations (as steps are).
 Evaluations and saves follow the plan unless set (`Cadence`): 20 evaluations spread over the
-planned steps (with --max-time 10 to 20, as their measured cost allows), last.pth every
+planned steps (with --max-time 10 to 20, as their measured cost allows, each on fewer validation
+batches when 10 of 20 batches would take more than a tenth of the budget), last.pth every
 SAVE_EVERY seconds.
 
 Schedule. The learning rate follows a `Schedule` of segments: the first, from step 0, is
@@ -54,6 +55,9 @@ EVALS_PER_RUN = 20
 MIN_EVALS = 10
 EVAL_SHARE = 0.10
 """With --max-time, evaluations are spaced out (down to MIN_EVALS) to take about this share of it."""
+EVAL_BATCHES = 20
+"""Validation batches per evaluation when --eval-batches is not given; with --max-time (and automatic
+evaluations) the first fit lowers it, down to 1, so that MIN_EVALS evaluations take about EVAL_SHARE."""
 SAVE_EVERY = 600.0
 """Default seconds between two saves of last.pth."""
 MIN_STEPS = 50
@@ -214,6 +218,8 @@ class Cadence:
     last_eval: int = 0
     """The step of the last automatic evaluation (or where they started)."""
     evals_done: int = 0
+    eval_batches: int = EVAL_BATCHES
+    """Validation batches per evaluation (the same windows every time)."""
 
     def eval_due(self, step: int, total_steps: int) -> bool:
         """Whether to evaluate after `step` steps (the end's evaluation is the loop's)."""
@@ -235,7 +241,8 @@ class Cadence:
         return max(1, min(self.evals_per_run - self.evals_done, total_steps - step))
 
     def state(self) -> dict[str, int]:
-        return {"evals_per_run": self.evals_per_run, "last_eval": self.last_eval, "evals_done": self.evals_done}
+        return {"evals_per_run": self.evals_per_run, "last_eval": self.last_eval, "evals_done": self.evals_done,
+                "eval_batches": self.eval_batches}
 
 
 def events_left(step: int, total_steps: int, every: int) -> int:
@@ -269,6 +276,9 @@ class StepPlan:
     cadence: Cadence
     provisional: bool = False
     """The schedule is a placeholder until the first time fit (which then plans from scratch)."""
+    eval_batches_fixed: bool = True
+    """The batches per evaluation are decided (given, recorded, or not fitted): the first time fit
+    may lower them otherwise."""
 
     @property
     def warmup_steps(self) -> int:
@@ -283,7 +293,7 @@ class StepPlan:
         schedule = self.schedule.replanned(step, fit.total_steps, warmup, rejoin=self.provisional)
         return replace(
             self, schedule=schedule, total_steps=fit.total_steps, budget=budget, time_steps=fit.time_steps,
-            warmup_fixed=True, cadence=fit.cadence, provisional=False,
+            warmup_fixed=True, cadence=fit.cadence, provisional=False, eval_batches_fixed=True,
         )
 
     def evaluated(self, step: int) -> StepPlan:
@@ -333,16 +343,22 @@ def plan_steps(config: TrainConfig, budgets: dict[str, int], train_tokens: int, 
     if training is not None and not fit_time:  # a changed step budget re-plans from here (a time fit comes later)
         schedule = schedule.replanned(int(training["step"]), total, warmup if warmup is not None else schedule.warmup_steps)
     evals = [r for r in (training or {}).get("metrics") or [] if r.get("type") == "eval"]
+    recorded_batches = recorded.get("eval_batches")
     cadence = Cadence(
         config.eval_interval, config.save_interval,
         evals_per_run=int(recorded.get("evals_per_run") or EVALS_PER_RUN),
         last_eval=int(recorded.get("last_eval", evals[-1]["step"] if evals else 0)),
         evals_done=int(recorded.get("evals_done", len(evals))),
+        eval_batches=int(config.eval_batches or recorded_batches or EVAL_BATCHES),
     )
+    # Fitted only in a new run evaluating on its own schedule: a resumed run keeps its windows, so its
+    # validation losses stay comparable (and best.pth means the same).
+    batches_fixed = config.eval_batches is not None or config.eval_interval is not None or training is not None
     return StepPlan(
         schedule=schedule, total_steps=total, budget=budget, cap=cap, cap_budget=cap_budget, max_time=config.max_time,
         time_steps=time_steps, fit_time=fit_time, warmup_fixed=warmup is not None or not fit_time, cadence=cadence,
         provisional=fit_time and (training is None or bool(recorded.get("provisional"))),
+        eval_batches_fixed=batches_fixed or not fit_time,
     )
 
 
@@ -417,6 +433,14 @@ def evals_for(time_left: float, eval_seconds: float, done: int = 0) -> int:
     return done + max(1, int(0.25 * time_left // eval_seconds))
 
 
+def batches_for(time_left: float, batch_seconds: float, overhead: float, most: int) -> int:
+    """Validation batches per evaluation (1 to `most`) so that MIN_EVALS evaluations, each `overhead`
+    seconds (the sample, best.pth, the plot) plus `batch_seconds` a batch, take about EVAL_SHARE of the
+    time left: short budgets evaluate often on fewer windows rather than rarely on many."""
+    per_eval = EVAL_SHARE * time_left / MIN_EVALS - overhead
+    return max(1, min(most, math.floor(per_eval / max(batch_seconds, 1e-9) + 1e-9)))
+
+
 @dataclass(frozen=True)
 class Fit:
     """A plan fitted to the time budget."""
@@ -445,13 +469,21 @@ class TimeBudget:
     every step's reading with `observe`; it returns a `Fit` when the plan is (re)made.
     """
 
-    def __init__(self, max_time: float, *, cap: int | None, start_elapsed: float, eval_ratio: float,
-                 save_estimate: float):
+    def __init__(self, max_time: float, *, cap: int | None, start_elapsed: float, batch_ratio: float,
+                 save_estimate: float, eval_overhead: float = 0.0, sample_ratio: float = 0.0,
+                 world_size: int = 1, fit_eval_batches: bool = False):
         self.max_time = max_time
         self.cap = cap
         self.start_elapsed = start_elapsed
-        self.eval_ratio = eval_ratio
-        """An evaluation's cost in steps, until one was timed (forward-only passes / a step's passes)."""
+        self.batch_ratio = batch_ratio
+        """A validation batch's cost in steps (its forward pass / a step's forward and backward passes)."""
+        self.eval_overhead = eval_overhead
+        """Seconds an evaluation spends beside its batches (best.pth, the plot), until one was timed."""
+        self.sample_ratio = sample_ratio
+        """The sample's cost in steps."""
+        self.world_size = world_size
+        self.fit_eval_batches = fit_eval_batches
+        """The first fit chooses the batches per evaluation (see batches_for)."""
         self.save_estimate = save_estimate
         self.cycles = 0
         """Steps attempted in this invocation (a step redone after a NaN counts again)."""
@@ -473,8 +505,13 @@ class TimeBudget:
             return max(1, len(self.readings) - 1)
         return max(CALIBRATION_STEPS, math.ceil(WINDOW_SHARE * self.fit.total_steps))
 
-    def costs(self) -> Costs:
-        """Step, evaluation and save seconds as measured (estimated where not timed yet)."""
+    def eval_estimate(self, step: float, batches: int) -> float:
+        """Seconds of an evaluation of `batches` batches (shared among the processes), before one was timed."""
+        return step * (self.batch_ratio * math.ceil(batches / self.world_size) + self.sample_ratio) + self.eval_overhead
+
+    def costs(self, batches: int) -> Costs:
+        """Step, evaluation (of `batches` batches) and save seconds as measured (estimated where not
+        timed yet)."""
         now = self.last
         assert now is not None and len(self.readings) >= 2
         n = min(len(self.readings) - 1, self.window())
@@ -485,7 +522,7 @@ class TimeBudget:
         step = max(spent / n, 1e-9)
         return Costs(
             step=step,
-            eval=_mean(now.eval_seconds, now.evals, self.first_eval, step * self.eval_ratio),
+            eval=_mean(now.eval_seconds, now.evals, self.first_eval, self.eval_estimate(step, batches)),
             save=_mean(now.save_seconds, now.saves, self.first_save, self.save_estimate),
         )
 
@@ -509,7 +546,7 @@ class TimeBudget:
         del self.readings[: -self.window() - 1]
         if self.fit is None:
             measured = len(self.readings) - 1
-            spent = self.costs().step * measured
+            spent = self.costs(cadence.eval_batches).step * measured
             if measured < CALIBRATION_STEPS and spent < CALIBRATION_SHARE * (self.max_time - reading.elapsed):
                 return None
             return self._fit(step, reading, cadence, since_save)
@@ -522,8 +559,13 @@ class TimeBudget:
         return fit if fit.total_steps != total_steps or fit.cadence != cadence else None
 
     def _fit(self, step: int, reading: Reading, cadence: Cadence, since_save: float) -> Fit:
-        costs = self.costs()
         first = self.fit is None
+        if first and self.fit_eval_batches and cadence.eval_interval is None:
+            step_seconds = self.costs(cadence.eval_batches).step
+            batches = batches_for(self.max_time - reading.elapsed, step_seconds * self.batch_ratio / self.world_size,
+                                  self.eval_overhead + step_seconds * self.sample_ratio, cadence.eval_batches)
+            cadence = replace(cadence, eval_batches=batches)
+        costs = self.costs(cadence.eval_batches)
         if cadence.eval_interval is None and (first or _timed(reading)[0] != self.timed[0]):
             # how many evaluations the time affords: decided at the first fit, again once one was timed;
             # from the first fit on, they are spread over the fitted steps
@@ -545,20 +587,20 @@ class TimeBudget:
         assert self.last is not None
         if self.fit is None:
             return max(self.max_time, self.last.elapsed)
-        return self.last.elapsed + seconds_left(step, total_steps, self.costs(), cadence, since_save)
+        return self.last.elapsed + seconds_left(step, total_steps, self.costs(cadence.eval_batches), cadence, since_save)
 
     def eta(self, step: int, total_steps: int, cadence: Cadence, elapsed: float, since_save: float = 0.0) -> float:
         """Seconds until the run ends (before the fit: until the budget)."""
         if self.fit is None or self.last is None:
             return max(0.0, self.max_time - elapsed)
-        return seconds_left(step, total_steps, self.costs(), cadence, since_save)
+        return seconds_left(step, total_steps, self.costs(cadence.eval_batches), cadence, since_save)
 
     def out_of_time(self, reading: Reading, evaluates: bool) -> bool:
         """Stopping now (final evaluation and save) would already end past the budget's tolerance:
         the plan could not keep up (steps slowed down suddenly), so the run stops where it is."""
         final = 0.0
         if self.fit is not None:
-            costs = self.costs()
+            costs = self.costs(self.fit.cadence.eval_batches)
             final = costs.save + (costs.eval if evaluates else 0.0)
         return reading.elapsed + final > self.max_time + margin(self.max_time)
 

@@ -164,6 +164,8 @@ class PlanFitted(Event):
     warmup_steps: int
     evals: int
     """Evaluations planned from here (the final one included)."""
+    eval_batches: int
+    """Validation batches per evaluation."""
     step_time: float
     eval_time: float
     save_time: float

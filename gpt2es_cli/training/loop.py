@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -191,11 +192,7 @@ class _Trainer:
         self.train_windows = TokenWindows.open(dataset, "train", config.seq_len)
         self.sampler = WindowSampler(dataset.num_tokens("train"), config.seq_len, config.seed)
         self.val_windows = TokenWindows.open(dataset, "val", config.seq_len)
-        self.val_starts = (
-            fixed_windows(dataset.num_tokens("val"), config.seq_len, config.eval_batches * config.batch_size)
-            if config.eval_interval != 0
-            else None
-        )
+        self._val_starts: tuple[int, np.ndarray] | None = None
         self.flops_per_token = self.model.flops_per_token(config.seq_len)
         self.peak_flops = peak_flops(config.peak_tflops, self.device)
 
@@ -226,11 +223,15 @@ class _Trainer:
         self.timer: TimeBudget | None = None
         if self.steps.fit_time:
             assert config.max_time is not None
-            per_process = math.ceil(config.eval_batches / parallel.world_size)
+            weights = 4 * self.model.num_parameters() / SAVE_BYTES_PER_SECOND
             self.timer = TimeBudget(
                 config.max_time, cap=self.steps.cap, start_elapsed=self.elapsed_before,
-                eval_ratio=per_process / (3 * plan.accum_steps),  # forward-only passes vs a step's forward+backward
-                save_estimate=0.1 + 12 * self.model.num_parameters() / SAVE_BYTES_PER_SECOND,  # weights + AdamW
+                batch_ratio=1 / (3 * plan.accum_steps),  # a forward-only pass vs a step's forward+backward passes
+                save_estimate=0.1 + 3 * weights,  # weights + AdamW's two moments
+                # best.pth and the plot; the sample's tokens each cost ~16x their share of a batched forward pass
+                eval_overhead=0.3 + weights + 1e-3 * config.sample_tokens,
+                sample_ratio=16 * config.sample_tokens / (3 * plan.tokens_per_step),
+                world_size=parallel.world_size, fit_eval_batches=not self.steps.eval_batches_fixed,
             )
 
     # --- state -----------------------------------------------------------------------------
@@ -465,6 +466,7 @@ class _Trainer:
             step=fit.step, total_steps=self.steps.total_steps, time_steps=fit.time_steps, budget=self.steps.budget,
             warmup_steps=self.steps.warmup_steps, step_time=fit.costs.step,
             evals=fit.cadence.evals_left(self.step, self.steps.total_steps) if c.eval_interval != 0 else 0,
+            eval_batches=fit.cadence.eval_batches,
             eval_time=fit.costs.eval, save_time=fit.costs.save, elapsed=fit.elapsed, projected=fit.projected,
             max_time=c.max_time, first=fit.first,
         ))
@@ -611,7 +613,8 @@ class _Trainer:
     def _evaluate(self) -> ValidationDone:
         c, parallel = self.config, self.parallel
         self.model.eval()
-        batches = [self.val_starts[i : i + c.batch_size] for i in range(0, len(self.val_starts), c.batch_size)]
+        starts = self._validation_windows()
+        batches = [starts[i : i + c.batch_size] for i in range(0, len(starts), c.batch_size)]
         total = torch.zeros(2, device=self.device, dtype=torch.float64)  # summed loss, tokens
         for starts in batches[parallel.rank :: parallel.world_size]:
             x, y = self.val_windows.batch(starts, self.device)
@@ -631,6 +634,13 @@ class _Trainer:
             step=self.step, tokens_seen=self.tokens_seen, val_loss=val_loss,
             val_perplexity=math.exp(min(val_loss, 700)), best=best, sample=sample, elapsed=self._total_elapsed(),
         )
+
+    def _validation_windows(self) -> np.ndarray:
+        """The validation windows' starts: the same ones every evaluation, as many batches as the plan says."""
+        count = self.steps.cadence.eval_batches * self.config.batch_size
+        if self._val_starts is None or self._val_starts[0] != count:
+            self._val_starts = (count, fixed_windows(self.plan.dataset.num_tokens("val"), self.config.seq_len, count))
+        return self._val_starts[1]
 
     def _sample(self) -> str:
         c, tok = self.config, self.plan.tokenizer
