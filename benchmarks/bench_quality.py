@@ -20,6 +20,7 @@ the context, every token scored once, by one scoring function.
     python benchmarks/bench_quality.py --quick              # ~2 minutes per pair, to try it
     python benchmarks/bench_quality.py --minutes 15,30      # the README table
     python benchmarks/bench_quality.py --minutes 15 --variant "muon=--optimizer muon"
+    python benchmarks/bench_quality.py --minutes 15 --variant "unfitted=--unfitted"  # no --max-time, stopped at T
 
 A variant row trains gpt2es with extra options; it runs paired with the next variant (or with
 another reference run when it is alone), always two at a time.
@@ -32,6 +33,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -46,6 +48,9 @@ CORPUS = SHARED / "corpus" / "es"
 GPT2_DIR = SHARED / "gpt2-tokenizer"
 HELD_OUT = "blasco-ibanez-la-barraca.txt"
 PROMPT = "Había una vez"
+UNFITTED = "--unfitted"
+"""A variant option of this benchmark: train without --max-time (the plan of one epoch, as before
+gpt2es fitted plans to time) and stop with Ctrl-C (SIGINT) when the budget is spent."""
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "RAYON_NUM_THREADS": "1"}
 
 
@@ -316,11 +321,17 @@ def score_reference(run: Path, text: str) -> tuple[float, str]:
 # --- the runs -----------------------------------------------------------------------------------
 
 
-def ours_size(data: Path, extra: list[str]) -> dict:
-    """The model size our default (or the variant's options) trains, for the reference to match."""
-    from gpt2es_cli.config import ModelConfig, TrainConfig
+def ours_size(extra: list[str], run: Path | None = None) -> dict:
+    """The model size gpt2es trains with these options: the preset or shape they give, else (the
+    default, --preset auto) the size the finished `run` chose, else small (auto without --max-time)."""
+    from gpt2es_cli.config import ModelConfig
 
-    preset = TrainConfig().preset
+    if run is not None and (run / "config.yaml").exists():
+        import yaml
+
+        saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        return {k: saved[k] for k in ("n_layer", "n_head", "n_embd", "n_positions")}
+    preset = "small"
     for flag in ("--preset", "-p"):
         if flag in extra:
             preset = extra[extra.index(flag) + 1]
@@ -333,11 +344,16 @@ def ours_size(data: Path, extra: list[str]) -> dict:
     return {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "n_positions": cfg.n_positions}
 
 
+def size_name(size: dict) -> str:
+    return f"{size['n_layer']}x{size['n_embd']}"
+
+
 def launch_ours(data: Path, out: Path, minutes: float, extra: list[str]) -> subprocess.Popen:
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "gpt2es_cli", "train", "-d", str(data), "-o", str(out), "--amp",
-           "--max-time", f"{minutes * 60:g}s", *extra]
+    budget = [] if UNFITTED in extra else ["--max-time", f"{minutes * 60:g}s"]
+    cmd = [sys.executable, "-m", "gpt2es_cli", "train", "-d", str(data), "-o", str(out), "--amp", *budget,
+           *(x for x in extra if x != UNFITTED)]
     log = open(out.parent / f"{out.name}.log", "w")  # closed when the process ends
     return subprocess.Popen(cmd, env={**os.environ, **ONE_THREAD}, stdout=log, stderr=subprocess.STDOUT)
 
@@ -380,36 +396,53 @@ def main() -> None:
 
     rows = []
     for minutes in budgets:
-        queue: list[tuple[str, list[str] | None]] = list(variants)
+        # Each entry: (row name, gpt2es options) or (row name, None, the reference's model size).
+        queue: list[tuple] = list(variants)
         if not args.no_reference:
-            queue.insert(1, ("nanoGPT reference", None))
+            base = ours_size(variants[0][1]) if variants else ours_size([])
+            queue.insert(1, (f"nanoGPT reference {size_name(base)}", None, base))
+        done: dict[str, Path] = {}
         while queue:
             pair, queue = queue[:2], queue[2:]
             procs = []
-            for name, extra in pair:
+            for name, extra, *size in pair:
                 run = args.work / "runs" / f"{minutes:g}m-{name.replace(' ', '_').replace('(', '').replace(')', '')}"
                 if extra is None:
-                    size = ours_size(ours_data, variants[0][1] if variants else [])
-                    procs.append((name, run, None, launch_reference(ref_data, run, minutes, size)))
+                    procs.append((name, run, None, launch_reference(ref_data, run, minutes, size[0])))
                 else:
                     procs.append((name, run, extra, launch_ours(ours_data, run, minutes, extra)))
             print(f"T = {minutes:g} min: training {' and '.join(n for n, *_ in procs)} side by side...", flush=True)
-            for name, run, _, proc in procs:
-                if proc.wait() != 0:
+            started = time.monotonic()
+            for name, run, extra, proc in procs:
+                if extra is not None and UNFITTED in extra:
+                    try:
+                        proc.wait(timeout=max(0.0, minutes * 60 - (time.monotonic() - started)))
+                    except subprocess.TimeoutExpired:
+                        proc.send_signal(signal.SIGINT)  # stops after the step, saving last.pth
+                if proc.wait() not in ((0, 130) if extra and UNFITTED in extra else (0,)):  # 130: stopped by Ctrl-C
                     sys.exit(f"{name} failed: see {run.parent / (run.name + '.log')}")
             for name, run, extra, _ in procs:
                 result = json.loads((run / "result.json").read_text()) if extra is None else ours_result(run)
                 bpb, sample = score_reference(run, text) if extra is None else score_ours(run, text)
-                rows.append({"minutes": minutes, "name": name, **result, "bits_per_byte": bpb, "sample": sample})
-                print(f"  {name}: {result['steps']} steps, {result['tokens']:,} tokens, "
+                size = ours_size(extra, run) if extra is not None else result["size"]
+                rows.append({"minutes": minutes, "name": name, "size": size_name(size), **result,
+                             "bits_per_byte": bpb, "sample": sample})
+                print(f"  {name} ({size_name(size)}): {result['steps']} steps, {result['tokens']:,} tokens, "
                       f"{result['seconds']:.0f} s, {bpb:.3f} bits/byte", flush=True)
+                done[name] = run
+                if extra == [] and not args.no_reference and ours_size([], run) != base:
+                    # --preset auto chose another size than the reference's: a reference row at that size too
+                    chosen = ours_size([], run)
+                    queue.insert(0, (f"nanoGPT reference {size_name(chosen)}", None, chosen))
+            if len(queue) == 1 and queue[0][1] is not None and not args.no_reference:
+                queue.append((f"nanoGPT reference {size_name(base)} (again)", None, base))
 
-    print("\n| T | run | steps | tokens | wall s | bits/byte | vs reference |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("\n| T | run | model | steps | tokens | wall s | bits/byte | vs reference |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        ref = next((x for x in rows if x["minutes"] == r["minutes"] and x["name"] == "nanoGPT reference"), None)
+        ref = next((x for x in rows if x["minutes"] == r["minutes"] and x["name"].startswith("nanoGPT")), None)
         ratio = f"{100 * (1 - r['bits_per_byte'] / ref['bits_per_byte']):+.1f}% lower" if ref and r is not ref else "-"
-        print(f"| {r['minutes']:g} min | {r['name']} | {r['steps']} | {r['tokens']:,} | {r['seconds']:.0f} | "
+        print(f"| {r['minutes']:g} min | {r['name']} | {r['size']} | {r['steps']} | {r['tokens']:,} | {r['seconds']:.0f} | "
               f"{r['bits_per_byte']:.3f} | {ratio} |")
     print("\nSamples (temperature 0.8, top-k 50, seed 0):")
     for r in rows:

@@ -75,7 +75,10 @@ class ModelConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        """A named preset (see PRESETS), with fields overridden one by one."""
+        """A named preset (see PRESETS), with fields overridden one by one; 'auto' starts from small
+        (training/sizing.py resolves auto before a model is built, as explicit overrides)."""
+        if name == "auto":
+            name = "small"
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
         known = {f.name for f in fields(cls)}
@@ -102,6 +105,8 @@ PRESETS: dict[str, ModelConfig] = {
 # --- training -----------------------------------------------------------------------------------
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
+DEFAULT_LR = 6e-4
+"""GPT-2's peak learning rate, for --lr when it is not given (and --preset auto does not size the model)."""
 OPTIMIZERS = ("adamw", "muon")
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_positions", "dropout")
 """TrainConfig fields that override the preset's ModelConfig."""
@@ -131,8 +136,9 @@ class TrainConfig:
     """Windows per optimizer step over all processes; gradient accumulation makes up the difference."""
     seed: int = setting(1337, ge=0, le=2**63 - 1, panel=DATA)
     """Seed of the initial weights, the data order and dropout."""
-    preset: str = setting("small", choices=tuple(PRESETS), short="-p", panel=MODEL)
-    """Model preset; ignored with --init-from."""
+    preset: str = setting("auto", choices=("auto", *PRESETS), short="-p", panel=MODEL)
+    """Model preset, or auto: with --max-time the size this machine trains best in that time (measured
+    on the first seconds; see README), else small. Ignored with --init-from."""
     n_layer: int | None = setting(None, ge=1, le=1024, panel=MODEL)
     """Override the preset's number of blocks."""
     n_head: int | None = setting(None, ge=1, le=1024, panel=MODEL)
@@ -156,8 +162,9 @@ class TrainConfig:
     )
     """Train for this long, e.g. 90s, 30m, 2h: the steps (and the schedule, annealed at the end) are fitted to it
     from the measured speed, evaluations and final save included; the run's time, summed over resumes."""
-    lr: float = setting(6e-4, gt=0, le=10, panel=OPTIM)
-    """Peak learning rate."""
+    lr: float | None = setting(None, gt=0, le=10, panel=OPTIM, default_text="6e-4; with --preset auto, by width")
+    """Peak learning rate (the AdamW groups'; see --muon-lr). By default GPT-2's 6e-4, or, when --preset auto
+    sizes the model, 6e-4 x 768 / width (at most 4e-3)."""
     min_lr: float | None = setting(None, ge=0, le=10, panel=OPTIM, default_text="lr / 10")
     """Learning-rate floor at the end of the decay."""
     schedule: str = setting("cosine", choices=SCHEDULES, panel=OPTIM)
@@ -242,6 +249,11 @@ class TrainConfig:
         if found:
             raise ConfigError("invalid training settings: " + "; ".join(found))
         return self
+
+    @property
+    def peak_lr(self) -> float:
+        """--lr, or its default when not given (plan_run resolves --preset auto's first)."""
+        return self.lr if self.lr is not None else DEFAULT_LR
 
     def model_overrides(self) -> dict[str, Any]:
         """The model fields this config sets (None ones left out)."""

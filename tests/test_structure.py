@@ -153,5 +153,6 @@ def test_every_setting_is_an_option_declared_by_its_field(command, cls, own):
 
 def test_field_docs_are_read_from_the_source():
     docs = field_docs(TrainConfig)
-    assert docs["lr"] == "Peak learning rate."
+    assert docs["seed"] == "Seed of the initial weights, the data order and dropout."
+    assert docs["lr"].startswith("Peak learning rate (the AdamW groups'; see --muon-lr). By default")  # joined lines
     assert len(docs) == len(fields(TrainConfig))

@@ -84,6 +84,26 @@ def _batch_choice_line(s: TrainStart) -> str:
     return f"batch size auto: {b.batch_size} per pass, {why} ({how})"
 
 
+def _size_choice_line(s: TrainStart) -> str:
+    """What --preset auto chose: 'preset auto: 4x256 (3.1M block parameters, lr 1.8e-3): ...'."""
+    z, c = s.size_choice, s.config
+    lr = f", lr {z.lr:.2g}" if z.lr is not None else ""
+    head = f"preset auto: {z.name} ({c.n_layer} blocks x {c.n_embd} wide{lr})"
+    if z.reason == "no_time":
+        return f"{head}: without --max-time there is no time to fit, so the {z.name} preset"
+    timed = [k for k in z.candidates if k.tokens is not None]
+    rates = ", ".join(
+        f"{k.name} {fmt.count(k.tokens_per_second)} tok/s ({k.tokens / k.block_parameters:.2g})" for k in timed
+    )
+    chosen = z.chosen
+    enough = chosen is not None and chosen.tokens is not None and (
+        chosen.tokens >= z.tokens_per_parameter * chosen.block_parameters
+    )
+    rule = f"{z.tokens_per_parameter:g}+ tokens per block parameter in {fmt.duration(c.max_time)}"
+    why = f"the largest model that trains {rule}" if enough else f"the smallest, as none trains {rule}"
+    return f"{head}, {why} | timed in {z.probe_seconds:.0f} s: {rates}"
+
+
 def _step_line(r: StepReport) -> str:
     parts = [
         f"step {r.step:>{len(str(r.total_steps))}}/{r.total_steps} ({100 * r.step / r.total_steps:.1f}%)",
@@ -169,8 +189,9 @@ class TrainDisplay:
             f"{s.device}{procs}, {s.precision}{', compiled' if c.compile else ''}\n"
             f"batch {c.global_batch} x {c.seq_len} = {s.tokens_per_step:,} tokens/step "
             f"({c.batch_size} per pass, {s.accum_steps} accumulation step(s)) | {_steps_words(s)} | "
-            f"lr {c.lr:g} {c.schedule}, warmup "
+            f"lr {c.peak_lr:g} {c.schedule}, warmup "
             + (f"{s.warmup_steps}" if s.warmup_steps is not None else "5% of the steps")
+            + (f"\n{_size_choice_line(s)}" if s.size_choice is not None else "")
             + (f"\n{_batch_choice_line(s)}" if s.batch_choice is not None else "")
         )
 

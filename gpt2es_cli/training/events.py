@@ -29,6 +29,7 @@ from gpt2es_cli.config import TrainConfig
 
 if TYPE_CHECKING:
     from gpt2es_cli.training.memory import BatchChoice
+    from gpt2es_cli.training.sizing import SizeChoice
 
 RECORD_NAMES = {"tokens_seen": "tokens"}
 """Fields whose metrics-record key differs from the field name."""
@@ -87,6 +88,8 @@ class TrainStart(Event):
     cap_budget: str | None = None
     batch_choice: BatchChoice | None = None
     """What --batch-size auto chose and why (None: the batch size was given)."""
+    size_choice: SizeChoice | None = None
+    """What --preset auto chose and why (None: the model was given)."""
 
 
 @dataclass(frozen=True)

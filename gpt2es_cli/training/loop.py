@@ -388,7 +388,7 @@ class _Trainer:
             history=tuple(self.history),
             warmup_steps=self.steps.warmup_steps if self.steps.warmup_fixed else None,
             max_time=self.config.max_time, fit_time=self.steps.fit_time, cap_steps=self.steps.cap,
-            cap_budget=self.steps.cap_budget, batch_choice=plan.batch_choice,
+            cap_budget=self.steps.cap_budget, batch_choice=plan.batch_choice, size_choice=plan.size_choice,
         ))
         self._snapshot()
 

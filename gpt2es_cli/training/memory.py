@@ -345,14 +345,21 @@ def _agree(batch_size: int) -> int:
     return int(value.item())
 
 
-def choose_batch_size(config: TrainConfig, model_config: ModelConfig, seq_len: int, train_tokens: int,
-                      world_size: int = 1) -> BatchChoice:
-    """Resolve --batch-size auto for this run (see the module docstring); CUDA devices are probed."""
+def training_precision(config: TrainConfig) -> Precision:
+    """The device and precision the run will train in (under torchrun, this process's GPU)."""
     precision = select_precision(config.device, config.amp, config.dtype)
     device = precision.device
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())  # torchrun: this process's GPU
+        device = torch.device("cuda", torch.cuda.current_device())
         precision = Precision(device, precision.autocast_dtype)
+    return precision
+
+
+def choose_batch_size(config: TrainConfig, model_config: ModelConfig, seq_len: int, train_tokens: int,
+                      world_size: int = 1) -> BatchChoice:
+    """Resolve --batch-size auto for this run (see the module docstring); CUDA devices are probed."""
+    precision = training_precision(config)
+    device = precision.device
     candidates, cap, reason = _limits(config.global_batch, world_size, (train_tokens - 1) // seq_len)
 
     def estimate(b: int) -> MemoryEstimate:

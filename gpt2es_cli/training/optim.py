@@ -62,15 +62,15 @@ def build_optimizer(model: GPT2, config: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer --optimizer names, over the plain (unwrapped) model's parameters."""
     betas = (config.beta1, config.beta2)
     if config.optimizer == "adamw":
-        adamw = _adamw(parameter_groups(model, config.weight_decay), config.lr, betas)
+        adamw = _adamw(parameter_groups(model, config.weight_decay), config.peak_lr, betas)
         adamw.register_load_state_dict_pre_hook(_refuse_muon_state)
         return adamw
     if config.optimizer != "muon":
         raise ConfigError(f"unknown optimizer {config.optimizer!r}: choose adamw or muon")
     hidden = hidden_matrices(model)
-    adamw = _adamw(parameter_groups(model, config.weight_decay, skip=hidden), config.lr, betas)
+    adamw = _adamw(parameter_groups(model, config.weight_decay, skip=hidden), config.peak_lr, betas)
     muon = Muon(
-        [{"params": hidden, "lr_ratio": config.muon_lr / config.lr}],
+        [{"params": hidden, "lr_ratio": config.muon_lr / config.peak_lr}],
         lr=config.muon_lr, weight_decay=config.weight_decay, adjust_lr_fn=MUON_ADJUST_LR,
     )
     return MuonWithAdamW(adamw, muon)

@@ -19,7 +19,11 @@ from gpt2es_cli.errors import CheckpointError, ConfigError, DataError
 from gpt2es_cli.settings import AUTO
 from gpt2es_cli.tokenizer import Tokenizer
 from gpt2es_cli.training.budget import StepPlan, duration_text, plan_steps, step_budgets
-from gpt2es_cli.training.memory import BatchChoice, choose_batch_size
+from gpt2es_cli.training.memory import BatchChoice, choose_batch_size, training_precision
+from gpt2es_cli.training.sizing import SizeChoice, choose_model_size, measure_training_speed
+
+PROBE_BATCH = 8
+"""Windows per pass when --preset auto times its candidates under --batch-size auto."""
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "best.pth", "loss.png")
 FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "init_from", "seq_len", "seed", "optimizer")
@@ -51,6 +55,8 @@ class RunPlan:
     """Weights to start from (--init-from)."""
     batch_choice: BatchChoice | None = None
     """What --batch-size auto chose and why (None: the batch size was given)."""
+    size_choice: SizeChoice | None = None
+    """What --preset auto chose and why (None: a preset, a shape, --init-from or --resume gave the model)."""
 
     @property
     def tokens_per_step(self) -> int:
@@ -187,6 +193,15 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     config.validate(world_size)
     dataset = PreparedDataset.open(config.data)
     tokenizer = dataset.tokenizer()
+    size_choice = None
+    if resume is None and not config.init_from and config.preset == AUTO and not set(config.model_overrides()) - {"dropout"}:
+        size_choice = _choose_size(config, dataset.vocab_size, world_size)
+        chosen = size_choice.model
+        config = replace(config, n_layer=chosen.n_layer, n_head=chosen.n_head, n_embd=chosen.n_embd,
+                         n_positions=chosen.n_positions, lr=config.lr if config.lr is not None else size_choice.lr)
+    config = replace(config, lr=config.peak_lr)
+    if config.min_lr is not None and config.min_lr > config.lr:
+        raise ConfigError(f"--min-lr ({config.min_lr:g}) must not exceed the learning rate ({config.lr:g}): lower it")
     model_config, init_weights = _model_config(config, dataset, tokenizer, resume)
     if resume is not None:
         trained_on = (resume.training.get("dataset") or {}).get("train_sha256")
@@ -267,4 +282,17 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         continuing=continuing,
         init_weights=init_weights,
         batch_choice=batch_choice,
+        size_choice=size_choice,
     )
+
+
+def _choose_size(config: TrainConfig, vocab_size: int, world_size: int) -> SizeChoice:
+    """--preset auto: time each candidate model on this run's device, batch and sequence length."""
+    precision = training_precision(config)
+    batch = config.batch_size if isinstance(config.batch_size, int) else PROBE_BATCH
+    dropout = config.dropout if config.dropout is not None else 0.0
+
+    def measure(model: ModelConfig) -> float | None:
+        return measure_training_speed(model, config, config.seq_len or model.n_positions, batch, precision)
+
+    return choose_model_size(config, vocab_size, dropout, measure, world_size)
