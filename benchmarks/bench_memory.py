@@ -83,7 +83,7 @@ def child(args: argparse.Namespace) -> None:
         data=str(tmp / "data"), out=str(tmp / "run"), preset=args.preset, seq_len=args.seq_len,
         n_positions=args.n_positions, batch_size=args.batch, max_steps=args.steps, log_interval=args.steps,
         eval_interval=0, sample_tokens=0, save_interval=1, device="cpu", dtype=args.dtype,
-        activation_checkpointing=args.checkpointing,
+        activation_checkpointing=args.checkpointing, optimizer="adamw",  # the table's optimizer (Muon holds less)
     )
     before = _status_kb("VmRSS")
     try:  # reset the peak to now (Linux 4.0+), so building the dataset does not count

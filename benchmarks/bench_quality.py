@@ -330,7 +330,9 @@ def ours_size(extra: list[str], run: Path | None = None) -> dict:
         import yaml
 
         saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-        return {k: saved[k] for k in ("n_layer", "n_head", "n_embd", "n_positions")}
+        shape = {k: saved[k] for k in ("n_layer", "n_head", "n_embd", "n_positions") if saved.get(k) is not None}
+        cfg = ModelConfig.from_preset(saved["preset"], **shape)
+        return {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd, "n_positions": cfg.n_positions}
     preset = "small"
     for flag in ("--preset", "-p"):
         if flag in extra:
@@ -371,6 +373,13 @@ def ours_result(run: Path) -> dict:
 
     t = load_checkpoint(run / "last.pth").training or {}
     return {"steps": t.get("step"), "tokens": t.get("tokens_seen"), "seconds": t.get("elapsed")}
+
+
+def _lower(row: dict, ref: dict | None) -> str:
+    """'33.3% lower': the row's bits per byte against a reference row's."""
+    if ref is None or ref is row:
+        return "-"
+    return f"{100 * (1 - row['bits_per_byte'] / ref['bits_per_byte']):.1f}% lower"
 
 
 def main() -> None:
@@ -425,7 +434,7 @@ def main() -> None:
                 result = json.loads((run / "result.json").read_text()) if extra is None else ours_result(run)
                 bpb, sample = score_reference(run, text) if extra is None else score_ours(run, text)
                 size = ours_size(extra, run) if extra is not None else result["size"]
-                rows.append({"minutes": minutes, "name": name, "size": size_name(size), **result,
+                rows.append({"minutes": minutes, "name": name, **result, "size": size_name(size),
                              "bits_per_byte": bpb, "sample": sample})
                 print(f"  {name} ({size_name(size)}): {result['steps']} steps, {result['tokens']:,} tokens, "
                       f"{result['seconds']:.0f} s, {bpb:.3f} bits/byte", flush=True)
@@ -437,13 +446,15 @@ def main() -> None:
             if len(queue) == 1 and queue[0][1] is not None and not args.no_reference:
                 queue.append((f"nanoGPT reference {size_name(base)} (again)", None, base))
 
-    print("\n| T | run | model | steps | tokens | wall s | bits/byte | vs reference |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("\n| T | run | model | steps | tokens | wall s | bits/byte | vs reference | vs reference, same size |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        ref = next((x for x in rows if x["minutes"] == r["minutes"] and x["name"].startswith("nanoGPT")), None)
-        ratio = f"{100 * (1 - r['bits_per_byte'] / ref['bits_per_byte']):+.1f}% lower" if ref and r is not ref else "-"
+        refs = [x for x in rows if x["minutes"] == r["minutes"] and x["name"].startswith("nanoGPT")]
+        first = refs[0] if refs else None
+        same = next((x for x in refs if x["size"] == r["size"]), None)
+
         print(f"| {r['minutes']:g} min | {r['name']} | {r['size']} | {r['steps']} | {r['tokens']:,} | {r['seconds']:.0f} | "
-              f"{r['bits_per_byte']:.3f} | {ratio} |")
+              f"{r['bits_per_byte']:.3f} | {_lower(r, first)} | {_lower(r, same)} |")
     print("\nSamples (temperature 0.8, top-k 50, seed 0):")
     for r in rows:
         print(f"- {r['minutes']:g} min, {r['name']}: {r['sample']!r}")

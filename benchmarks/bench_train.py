@@ -99,7 +99,7 @@ def bench_speed(args: argparse.Namespace) -> None:
     peaks = measure_peaks()
     x_full = torch.randint(0, args.vocab, (args.batch, T + 1), device=device)
     x, y = x_full[:, :-1].contiguous(), x_full[:, 1:].contiguous()
-    settings = TrainConfig(lr=1e-4, weight_decay=0.1, beta1=0.9, beta2=0.95)  # AdamW
+    settings = TrainConfig(lr=1e-4, weight_decay=0.1, beta1=0.9, beta2=0.95, optimizer="adamw")  # as transformers
     optimizers = {"gpt2es": build_optimizer(ours, settings), "transformers": build_optimizer(theirs, settings)}
     if args.compile:  # both compiled the same way, as `gpt2es train --compile` does
         ours, theirs = torch.compile(ours), torch.compile(theirs)

@@ -47,8 +47,9 @@ check train-fp16-scaler 120 "${TRAIN[@]}" -o "$WORK/run-fp16" --dtype float16 --
 check train-fp16-compile 180 "${TRAIN[@]}" -o "$WORK/run-fp16c" --dtype float16 --batch-size 8 --compile
 check train-auto-batch 150 "${TRAIN[@]}" -o "$WORK/run-auto" --amp --batch-size auto
 check train-act-ckpt 120 "${TRAIN[@]}" -o "$WORK/run-ckpt" --amp --batch-size 8 --activation-checkpointing
-check train-muon 120 "${TRAIN[@]}" -o "$WORK/run-muon" --amp --batch-size 8 --optimizer muon
+check train-adamw 120 "${TRAIN[@]}" -o "$WORK/run-adamw" --amp --batch-size 8 --optimizer adamw
 check train-max-time 120 gpt2es train -d "$DATA" -p small -o "$WORK/run-time" --device "$DEVICE" --amp --max-time 60s --force
+check train-auto-size 150 gpt2es train -d "$DATA" -o "$WORK/run-auto-size" --device "$DEVICE" --amp --max-time 90s --force
 check sample-auto 60 gpt2es sample "$WORK/run-bf16" --max-new-tokens 200 --device "$DEVICE" --dtype auto --json
 check sample-int8 60 gpt2es sample "$WORK/run-bf16" --max-new-tokens 200 --device "$DEVICE" --quantize int8 --json
 check bench-train-gpt2 240 python3 benchmarks/bench_train.py --preset "$PRESET" --device "$DEVICE" --precision bf16 --steps 10

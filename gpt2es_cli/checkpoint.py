@@ -207,6 +207,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     try:
         config = ModelConfig.from_dict(data["model_config"])
+        problems = weight_problems(config, data["model"])
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CheckpointError(
+                f"{path} is a damaged gpt2es checkpoint: its weights do not fit its model config: "
+                f"{problems[0]}{more}; use another checkpoint (a run's last.pth or best.pth)"
+            )
         return Checkpoint(
             model_config=config,
             model_state=data["model"],
@@ -219,6 +226,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     except (KeyError, TypeError, Gpt2esError) as e:
         raise CheckpointError(f"{path} is a damaged gpt2es checkpoint ({e})") from None
+
+
+def weight_problems(config: ModelConfig, state: Any) -> list[str]:
+    """What is wrong with `state` as the weights of a GPT2 with `config`: missing, unexpected or
+    non-tensor entries, wrong shapes, non-floating dtypes (empty when it fits)."""
+    if not isinstance(state, dict):
+        return [f"the weights are a {type(state).__name__}, not a dict of tensors"]
+    state = clean_state_dict(state)
+    shapes = GPT2.state_shapes(config)
+    problems = [f"{key} is missing" for key in shapes if key not in state]
+    problems += [f"{key} is not part of the model" for key in state if key not in shapes]
+    for key, shape in shapes.items():
+        value = state.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif value.shape != shape:
+            problems.append(f"{key} has shape {tuple(value.shape)}, the config implies {tuple(shape)}")
+        elif not value.is_floating_point():
+            problems.append(f"{key} holds {value.dtype} values, not floating point")
+    return problems
 
 
 def safe_torch_load(path: Path, map_location: str | torch.device) -> Any:

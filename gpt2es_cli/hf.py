@@ -135,8 +135,7 @@ def from_hf_state_dict(
             + (f"; missing: {_few(missing)}" if missing else "")
             + (f"; unexpected: {_few(unknown)}" if unknown else "")
         )
-    with torch.device("meta"):  # shapes only: no memory, no init
-        shapes = {k: v.shape for k, v in GPT2(config).state_dict().items()}
+    shapes = GPT2.state_shapes(config)
     out: dict[str, torch.Tensor] = {}
     for ours, hf, transposed in rows:
         t = plain[hf.removeprefix(HF_PREFIX)]

@@ -131,6 +131,13 @@ class GPT2(nn.Module):
         self.lm_head.weight = self.wte.weight  # tied: one matrix embeds and un-embeds
         self.apply(self._init_weights)
 
+
+    @staticmethod
+    def state_shapes(config: ModelConfig) -> dict[str, torch.Size]:
+        """The shape of every tensor in the state_dict of a GPT2 with this config (built on the meta
+        device: no memory, no initialisation)."""
+        with torch.device("meta"):
+            return {k: v.shape for k, v in GPT2(config).state_dict().items()}
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2: normal(0, 0.02); projections into the residual stream scaled by 1/sqrt(2*n_layer)
         # so the stream's variance does not grow with depth.

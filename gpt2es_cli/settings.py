@@ -194,6 +194,23 @@ def field_problems(settings: Any, label: Callable[[Field], str] = option_name) -
     return found
 
 
+def value_problems(cls: type, data: dict[str, Any]) -> list[str]:
+    """Problems of these values on their own (type, finiteness, range, choices), before they are
+    combined with other settings; unknown keys are left to `build`."""
+    found = []
+    types_ = field_types(cls)
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = coerce(cls, f.name, data[f.name])
+        if value is None or (spec_of(f).auto and value == AUTO):
+            continue
+        problem = _check_value(option_name(f), base_type(types_[f.name])[0], spec_of(f), value)
+        if problem:
+            found.append(problem)
+    return found
+
+
 def coerce(cls: type, name: str, value: Any) -> Any:
     """A value from a file or the command line in the field's type (text parsed, 3 -> 3.0 for floats)."""
     f = next(f for f in fields(cls) if f.name == name)

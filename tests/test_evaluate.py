@@ -130,7 +130,7 @@ def test_cli_bad_input(tmp_path, tiny_checkpoint, tiny_model, tiny_config):
     cases = [
         ([str(tiny_checkpoint)], "does not record the dataset it was trained on: pass --data"),
         ([str(tiny_checkpoint), "--data", str(tmp_path), "--text", str(good)], "give exactly one of --data"),
-        ([str(tiny_checkpoint), "--text", str(good), "--max-tokens", "1"], "--max-tokens must be at least 2"),
+        ([str(tiny_checkpoint), "--text", str(good), "--max-tokens", "1"], "--max-tokens must be >= 2"),
         ([str(tiny_checkpoint), "--text", str(good), "--dtype", "float64"], "unknown dtype 'float64'"),
         ([str(tiny_checkpoint), "--text", str(good), "--quantize", "int4"], "unknown quantization 'int4'"),
         ([str(tiny_checkpoint), "--text", str(good), "--amp", "--dtype", "fp32"], "--amp is short for --dtype auto"),

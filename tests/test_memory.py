@@ -189,7 +189,7 @@ def test_auto_on_cuda_takes_the_probe(monkeypatch):
     monkeypatch.setattr(memory, "select_precision", lambda *a: Precision(torch.device("cuda", 0), torch.bfloat16))
     monkeypatch.setattr(memory, "available_memory", lambda device: 20 * GB)
     monkeypatch.setattr(memory, "_probe_cuda", fake_probe)
-    config = TrainConfig(batch_size="auto", activation_checkpointing=True, amp=True)
+    config = TrainConfig(batch_size="auto", activation_checkpointing=True, amp=True, optimizer="adamw")
     choice = choose_batch_size(config, GPT2_SMALL, 512, train_tokens=10**9)
     assert (choice.batch_size, choice.method, choice.limit, choice.needed) == (8, "probe", "memory", 8 * GB)
     assert seen["seq_len"] == 512 and seen["checkpointing"] and seen["candidates"][-1] == MAX_AUTO_BATCH

@@ -50,8 +50,12 @@ def loss_of(model, x):
 # --- the partition ------------------------------------------------------------------------------
 
 
+def test_muon_is_the_default():
+    assert TrainConfig().optimizer == "muon"
+
+
 def test_adamw_is_one_plain_adamw_over_every_parameter(model):
-    optimizer = build_optimizer(model, TrainConfig())
+    optimizer = build_optimizer(model, TrainConfig(optimizer="adamw"))
     assert type(optimizer) is torch.optim.AdamW
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == model.num_parameters()
 
@@ -124,12 +128,12 @@ def test_steps_zero_grad_and_a_state_dict_round_trip(model, tiny_config):
 
 
 def test_the_other_optimizers_state_is_refused_in_one_line(model):
-    adamw_state = build_optimizer(model, TrainConfig()).state_dict()
+    adamw_state = build_optimizer(model, TrainConfig(optimizer="adamw")).state_dict()
     muon_state = build_optimizer(model, MUON).state_dict()
     with pytest.raises(CheckpointError, match="trained with --optimizer adamw"):
         build_optimizer(model, MUON).load_state_dict(adamw_state)
     with pytest.raises(CheckpointError, match="trained with --optimizer muon"):
-        build_optimizer(model, TrainConfig()).load_state_dict(muon_state)
+        build_optimizer(model, TrainConfig(optimizer="adamw")).load_state_dict(muon_state)
 
 
 def test_grad_scaler_unscales_both_and_skips_both_on_overflow(tiny_config):

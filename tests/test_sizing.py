@@ -119,7 +119,7 @@ def test_auto_times_real_steps_on_this_machine(train_dataset, tmp_path):
     ])
     assert result.exit_code == 0, result.output
     assert "preset auto: 2x128 (2 blocks x 128 wide, lr 0.0036)" in result.output
-    assert "the smallest, as none trains 0.25+ tokens per block parameter in" in result.output
+    assert f"the smallest, as none trains {TOKENS_PER_PARAMETER:g}+ tokens per block parameter in" in result.output
     assert "| timed in " in result.output and " tok/s (" in result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["n_layer"], saved["n_embd"], saved["lr"]) == (2, 128, pytest.approx(auto_lr(128)))

@@ -25,7 +25,9 @@ from gpt2es_cli.training import (
     StepReport,
     TrainStart,
     ValidationDone,
+    load_resume_checkpoint,
     plan_run,
+    resume_config,
     train,
 )
 from gpt2es_cli.training import loop as loop_module
@@ -210,6 +212,33 @@ def test_interrupted_then_resumed_equals_uninterrupted(dataset, tmp_path):
     assert whole.step == 10
 
 
+def test_a_resume_mid_log_interval_logs_what_the_uninterrupted_run_logs(dataset, tmp_path, monkeypatch):
+    # Logged every 4 steps, stopped after step 6: the step-8 record averages steps 5-8 in both runs.
+    config = tiny_run(dataset, tmp_path / "whole", max_steps=10, log_interval=4, eval_interval=0, save_interval=100)
+    train(config)
+    original = loop_module._Trainer._optimizer_step
+
+    def stepping(self):
+        lr = original(self)
+        if self.step == 5:  # seen at the next step, which completes
+            os.kill(os.getpid(), signal.SIGINT)
+        return lr
+
+    monkeypatch.setattr(loop_module._Trainer, "_optimizer_step", stepping)
+    cut = tmp_path / "cut"
+    stopped = train(replace(config, out=str(cut)))
+    monkeypatch.setattr(loop_module._Trainer, "_optimizer_step", original)
+    assert stopped.stop_reason == "interrupted" and stopped.step == 6
+    checkpoint = load_resume_checkpoint(cut)
+    train(resume_config(checkpoint, {}), resume=checkpoint)
+    whole = [(r["step"], r["loss"]) for r in records(tmp_path / "whole", "train")]
+    resumed = [(r["step"], r["loss"]) for r in records(cut, "train")]
+    assert [s for s, _ in whole] == [4, 8, 10]
+    assert [s for s, _ in resumed] == [4, 8, 10]  # the stop at step 6 is shown, not recorded
+    assert dict(resumed)[8] == pytest.approx(dict(whole)[8], rel=1e-6)
+    assert dict(resumed)[10] == pytest.approx(dict(whole)[10], rel=1e-6)
+
+
 @pytest.fixture
 def nan_at(monkeypatch):
     """Make compute_loss return NaN on the given call numbers (1-based)."""
@@ -261,7 +290,7 @@ def test_keep_last_keeps_the_newest_numbered_checkpoints(dataset, tmp_path):
 
 
 def test_init_from_starts_from_the_checkpoint_weights(dataset, tmp_path, tiny_checkpoint):
-    train(tiny_run(dataset, tmp_path / "ft", init_from=str(tiny_checkpoint), max_steps=1, lr=1e-12,
+    train(tiny_run(dataset, tmp_path / "ft", init_from=str(tiny_checkpoint), max_steps=1, lr=1e-12, muon_lr=1e-12,
                    eval_interval=0, weight_decay=0.0))
     start, tuned = load_checkpoint(tiny_checkpoint), load_checkpoint(tmp_path / "ft" / "last.pth")
     for key, value in start.model_state.items():
@@ -330,7 +359,7 @@ def test_cli_resume_refuses_another_architecture_or_a_weights_only_file(dataset,
     run = tmp_path / "run"
     assert runner.invoke(app, ["train", "-d", str(dataset), "-o", str(run), "-p", "tiny", "--max-steps", "2"]).exit_code == 0
     result = runner.invoke(app, ["train", "--resume", str(run), "--n-layer", "3", "--max-steps", "4"])
-    assert result.exit_code == 1 and "cannot change n_layer" in result.stderr
+    assert result.exit_code == 1 and "cannot change --n-layer" in result.stderr
     result = runner.invoke(app, ["train", "--resume", str(run / "best.pth"), "--max-steps", "4"])
     assert result.exit_code == 1 and "no training state" in result.stderr and "--init-from" in result.stderr
     result = runner.invoke(app, ["train", "--resume", str(run)])

@@ -8,17 +8,57 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from gpt2es_cli import __version__
-from gpt2es_cli.errors import Gpt2esError
+from gpt2es_cli.errors import Gpt2esError, first_line
+
+# Typer bundles its own Click; its exception classes are reached through the public BadParameter.
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """The app's group: a usage error (a mistyped value, an unknown option, a missing argument) is
+    one 'error:' line on stderr and a hint line, exit code 2, instead of Typer's boxed panel."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `gpt2es` alone: its help, as Typer shows it
+                typer.echo(e.ctx.get_help() if e.ctx is not None else e.format_message())
+                sys.exit(e.exit_code)
+            err_console.print(f"[bold red]error:[/] {escape(_one_line(e.format_message()))}", soft_wrap=True)
+            command = e.ctx.command_path if e.ctx is not None else "gpt2es"
+            err_console.print(f"[dim]see: {escape(command)} --help[/]", soft_wrap=True)
+            sys.exit(e.exit_code)
+        except _ClickException as e:
+            err_console.print(f"[bold red]error:[/] {escape(_one_line(e.format_message()))}", soft_wrap=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            err_console.print("[bold red]error:[/] aborted", soft_wrap=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(message: str) -> str:
+    """A message on one line: its lines joined, blank ones dropped."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="gpt2es",
     help="Train GPT-2-style language models on Spanish text: prepare, train, sample, eval, inspect, export.",
     no_args_is_help=True,
@@ -79,7 +119,7 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable], Callable]:
             except Gpt2esError as e:
                 if _state["debug"]:
                     raise
-                raise fail(str(e)) from None
+                raise fail(_one_line(str(e))) from None
             except KeyboardInterrupt:
                 if _state["debug"]:
                     raise
@@ -87,7 +127,7 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable], Callable]:
             except Exception as e:  # a bug or an environment problem: still one line by default
                 if _state["debug"]:
                     raise
-                raise fail(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)") from None
+                raise fail(f"{type(e).__name__}: {first_line(e)} (rerun with --debug for the traceback)") from None
 
         app.command(name, **kwargs)(run)
         return fn

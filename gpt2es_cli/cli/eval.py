@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import (
@@ -19,13 +19,17 @@ from rich.table import Table
 
 from gpt2es_cli.artifacts import recorded_dataset
 from gpt2es_cli.cli.app import CHECKPOINT_HELP, command, console, err_console, note
+from gpt2es_cli.cli.options import settings_options
+from gpt2es_cli.config import EvalConfig
 from gpt2es_cli.errors import ConfigError
 from gpt2es_cli.evaluate import EvalResult, EvalText, evaluate_ids
 from gpt2es_cli.inference import load_model
 
 
 @command("eval")
+@settings_options(EvalConfig)
 def evaluate(
+    given: dict[str, Any],
     checkpoints: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -42,12 +46,6 @@ def evaluate(
         ),
     ] = None,
     text: Annotated[Path | None, typer.Option(help="A UTF-8 text file, or a directory of .txt files.")] = None,
-    split: Annotated[str, typer.Option(help="Which split of the dataset: val or train.")] = "val",
-    stride: Annotated[
-        int | None, typer.Option(help="Sliding-window step in tokens (default: half the context).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
-    max_tokens: Annotated[int | None, typer.Option(help="Score at most this many tokens.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     dtype: Annotated[
         str | None,
@@ -68,6 +66,8 @@ def evaluate(
 
     With neither --data nor --text, scores the validation split (--split) of the dataset the first checkpoint was trained on.
     """
+    settings = EvalConfig.from_dict(given)
+    split, stride, batch_size, max_tokens = settings.split, settings.stride, settings.batch_size, settings.max_tokens
     if amp and dtype not in (None, "auto"):
         raise ConfigError(f"--amp is short for --dtype auto: drop one of --amp and --dtype {dtype}")
     if dtype is None:  # exact float32 scores unless asked; int8 weights compute in bfloat16

@@ -47,6 +47,8 @@ def inspect(
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show what is inside a checkpoint or a prepared dataset, or how a tokenizer splits text."""
+    if not 0 <= seed <= 2**63 - 1:
+        raise ConfigError(f"--seed must be >= 0 and <= {2**63 - 1} (got {seed})")
     path, chosen = checkpoint_or_default(target)
     if chosen is not None:
         note(f"using {chosen}")

@@ -93,7 +93,8 @@ def _size_choice_line(s: TrainStart) -> str:
         return f"{head}: without --max-time there is no time to fit, so the {z.name} preset"
     timed = [k for k in z.candidates if k.tokens is not None]
     rates = ", ".join(
-        f"{k.name} {fmt.count(k.tokens_per_second)} tok/s ({k.tokens / k.block_parameters:.2g})" for k in timed
+        f"{k.name} {fmt.count(k.tokens_per_second)} tok/s ({k.tokens / k.block_parameters:.2g} tokens/param)"
+        for k in timed
     )
     chosen = z.chosen
     enough = chosen is not None and chosen.tokens is not None and (
@@ -250,13 +251,13 @@ def _render_summary(s: TrainSummary) -> None:
         rows.append(("val loss", f"{s.val_loss:.4f} (best {s.best_val_loss:.4f})"))
     if s.recoveries:
         rows.append(("recoveries", str(s.recoveries)))
-    rows.append(("checkpoint", str(s.last_checkpoint)))
+    rows.append(("checkpoint", str(s.last_checkpoint) if s.last_checkpoint is not None else "none saved"))
     if s.best_checkpoint is not None:
         rows.append(("best", str(s.best_checkpoint)))
     rows.append(("metrics", f"{s.run_dir / 'metrics.jsonl'}, {s.run_dir / 'loss.png'}"))
     for label, value in rows:  # plain lines: paths must never be cut to the terminal width
         console.print(f"[bold]{label:<11}[/]{escape(value)}", soft_wrap=True)
-    if s.stop_reason in ("interrupted", "out_of_time", "diverged"):
+    if s.stop_reason in ("interrupted", "out_of_time", "diverged") and s.last_checkpoint is not None:
         err_console.print(f"resume with: gpt2es train --resume {escape(str(s.run_dir))}", soft_wrap=True)
     else:
         sample_from = s.best_checkpoint or s.last_checkpoint
@@ -271,6 +272,11 @@ def run_training(config: TrainConfig, checkpoint: Checkpoint | None, force: bool
     with TrainDisplay(live=console.is_terminal) as display:
         summary = train(config, resume=checkpoint, force=force, subscribers=[display])
     _render_summary(summary)
+    if summary.stop_reason == "diverged" and summary.last_checkpoint is None:
+        raise fail(
+            f"the loss was not finite before its first good step ({config.nan_retries} rollbacks), so nothing "
+            "was saved and the run directory is as it was: lower --lr or --grad-clip, or use --dtype float32"
+        )
     if summary.stop_reason == "diverged":
         raise fail(
             f"the loss was not finite again after {config.nan_retries} rollbacks; the last good state is in "

@@ -34,6 +34,8 @@ from gpt2es_cli.tokenizer import Tokenizer
 
 FORMAT = "gpt2es-dataset"
 FORMAT_VERSION = 1
+SAMPLE_TOKENS = 1 << 18
+"""Tokens read from each of three places of a split when a dataset is opened, to check its ids."""
 SPLITS = ("train", "val")
 
 
@@ -154,8 +156,14 @@ class PreparedDataset:
         meta = read_json_object(meta_file, DataError, "prepare the dataset again")
         if meta.get("format") != FORMAT:
             raise DataError(f"{path} is not a gpt2es dataset (meta.json has no format {FORMAT!r})")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        version = meta.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise DataError(f"{meta_file} is damaged (format_version {version!r} is not a number): prepare it again")
+        if version > FORMAT_VERSION:
             raise DataError(f"{path} was prepared by a newer gpt2es: upgrade with pip install -U gpt2es")
+        damaged = _meta_problems(meta)
+        if damaged:
+            raise DataError(f"{meta_file} is damaged ({'; '.join(damaged)}): prepare the dataset again")
         problems = []
         for split in SPLITS:
             f = path / f"{split}.bin"
@@ -169,7 +177,25 @@ class PreparedDataset:
             problems.append("tokenizer.json is missing")
         if problems:
             raise DataError(f"{path} is incomplete or damaged ({'; '.join(problems)}): prepare it again")
-        return cls(path, meta)
+        dataset = cls(path, meta)
+        for split in SPLITS:
+            top = dataset.sampled_max_id(split)
+            if top is not None and top >= dataset.vocab_size:
+                raise DataError(
+                    f"{path / (split + '.bin')} holds token id {top}, beyond the {dataset.vocab_size} ids of its "
+                    "vocabulary: the file is damaged (gpt2es inspect --verify checks it all); prepare it again"
+                )
+        return dataset
+
+    def sampled_max_id(self, split: str, chunk: int = SAMPLE_TOKENS) -> int | None:
+        """The largest token id in the first, middle and last `chunk` tokens of a split (None if empty):
+        a cheap check on open; `verify` reads everything."""
+        n = self.num_tokens(split)
+        if n == 0:
+            return None
+        tokens = self.tokens(split)
+        starts = sorted({0, max(0, n // 2 - chunk // 2), max(0, n - chunk)})
+        return int(max(int(tokens[s : s + chunk].max()) for s in starts))
 
     @property
     def dtype(self) -> np.dtype:
@@ -202,3 +228,30 @@ class PreparedDataset:
             if h.hexdigest() != self.meta["splits"][split]["sha256"]:
                 bad.append(split)
         return bad
+
+
+def _meta_problems(meta: dict) -> list[str]:
+    """What a meta.json lacks or has wrong (empty when its keys and types are as `prepare` writes)."""
+    problems = []
+    try:
+        if np.dtype(meta.get("dtype")) not in (np.dtype("uint16"), np.dtype("uint32")):
+            problems.append(f"dtype {meta.get('dtype')!r} is not uint16 or uint32")
+    except TypeError:
+        problems.append(f"dtype {meta.get('dtype')!r} is not a numpy dtype")
+    vocab = meta.get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        problems.append(f"vocab_size {vocab!r} is not a positive whole number")
+    splits = meta.get("splits")
+    if not isinstance(splits, dict):
+        return [*problems, "no 'splits' table"]
+    for split in SPLITS:
+        entry = splits.get(split)
+        if not isinstance(entry, dict):
+            problems.append(f"splits has no {split!r} entry")
+            continue
+        tokens = entry.get("tokens")
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            problems.append(f"splits.{split}.tokens {tokens!r} is not a whole number >= 0")
+        if not isinstance(entry.get("sha256"), str):
+            problems.append(f"splits.{split}.sha256 is missing")
+    return problems

@@ -94,10 +94,10 @@ class TrainStart(Event):
 
 @dataclass(frozen=True)
 class StepReport(Event):
-    """Progress every `log_interval` steps."""
+    """Progress every `log_interval` steps (and where the run stops)."""
 
     kind = "train"
-    unrecorded = ("total_steps", "epoch", "eta")
+    unrecorded = ("total_steps", "epoch", "eta", "logged")
 
     step: int
     tokens_seen: int
@@ -118,6 +118,12 @@ class StepReport(Event):
     eta: float
     """Seconds until the planned end: with --max-time, from the measured step, evaluation and save
     times; else at the recent step time."""
+    logged: bool = True
+    """False for the report of a step where Ctrl-C stopped the run off the log interval: shown, not
+    recorded, so the metrics of a resumed run are the uninterrupted run's."""
+
+    def record(self) -> dict[str, Any] | None:
+        return super().record() if self.logged else None
 
 
 @dataclass(frozen=True)

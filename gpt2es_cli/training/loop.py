@@ -70,7 +70,8 @@ from gpt2es_cli.training.loss import cross_entropy
 from gpt2es_cli.training.metrics import IntervalMeter, peak_flops
 from gpt2es_cli.training.optim import build_optimizer, set_learning_rate
 from gpt2es_cli.training.parallel import Parallel, init_parallel
-from gpt2es_cli.training.plan import RUN_FILES, RunPlan, plan_run
+from gpt2es_cli.training.plan import RunPlan, plan_run
+from gpt2es_cli.training.rundir import RunDirectory
 from gpt2es_cli.training.subscribers import Subscriber, run_loggers
 
 SMOOTHING = 0.9
@@ -212,12 +213,18 @@ class _Trainer:
         self.start_step = self.step
         self.good: dict[str, Any] = {}
         self.meter = IntervalMeter()
+        if plan.resume is not None and plan.resume.training.get("meter"):
+            self.meter.load_state_dict(plan.resume.training["meter"])  # the log interval in progress
         self.last_eval_step = -1
 
         # The step plan (budget.py): schedule and steps, fitted to --max-time by `timer` when it binds.
         self.steps = plan.steps
         self.eval_seconds, self.evals, self.save_seconds, self.saves = 0.0, 0, 0.0, 0  # this invocation's
         self.last_save_elapsed = self.elapsed_before
+        self.saved = False
+        """last.pth was written in this invocation."""
+        self._run_dir: RunDirectory | None = None
+        """The main process's hold on the run directory (what a failed start puts back)."""
         self.save_now = False
         self.warned = False
         self.timer: TimeBudget | None = None
@@ -291,6 +298,7 @@ class _Trainer:
                 "train_sha256": self.plan.dataset.meta["splits"]["train"]["sha256"],
             },
             "metrics": self.history,
+            "meter": self.meter.state_dict(),
         }
 
     def _extra(self) -> dict[str, Any]:
@@ -372,6 +380,10 @@ class _Trainer:
             self._start()
             stop_reason = self._steps()
             return self._finish(stop_reason)
+        except BaseException:
+            if self._run_dir is not None:
+                self._run_dir.restore()  # nothing was saved: the directory goes back to what it held
+            raise
         finally:
             self.train_windows.close()
             self.val_windows.close()
@@ -393,12 +405,7 @@ class _Trainer:
         self._snapshot()
 
     def _prepare_run_dir(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.plan.continuing:  # --force: the old run's files go (nothing else in the directory)
-            for name in RUN_FILES:
-                (self.run_dir / name).unlink(missing_ok=True)
-            for old in self.run_dir.glob("step-*.pth"):
-                old.unlink()
+        self._run_dir = RunDirectory.open(self.run_dir, continuing=self.plan.continuing)
         text = (
             "# gpt2es train settings, every default resolved. Reuse with:\n"
             f"#   gpt2es train --config {self.run_dir / 'config.yaml'} --out runs/NEW\n"
@@ -431,7 +438,9 @@ class _Trainer:
                 if done and stop_reason == "out_of_time":
                     stop_reason = None  # the plan's last step: the run ends as planned
                 if self._every(c.log_interval) or done or stop_reason:
-                    self._report(lr, result.grad_norm)
+                    # An interrupted run's last report is shown only: the resumed run logs as if uninterrupted.
+                    self._report(lr, result.grad_norm, logged=bool(done or self._every(c.log_interval)
+                                                                   or stop_reason != "interrupted"))
                 if stop_reason:
                     return stop_reason
                 if done:
@@ -483,7 +492,11 @@ class _Trainer:
             "interrupted", "diverged"
         ):
             self._validate()
-        self._save_last()
+        # Never a good step since the last saved state (a bad setting from the start): nothing of this
+        # invocation is kept, and the run directory goes back to what it held (after the last event).
+        discard = stop_reason == "diverged" and not self.saved
+        if not discard:
+            self._save_last()
         elapsed = self._elapsed()
         trained = self.tokens_seen - (self.plan.resume.training["tokens_seen"] if self.plan.resume else 0)
         best = self.run_dir / "best.pth"
@@ -491,12 +504,14 @@ class _Trainer:
             run_dir=self.run_dir, stop_reason=stop_reason, step=self.step, total_steps=self.steps.total_steps,
             tokens_seen=self.tokens_seen, elapsed=elapsed, tokens_per_second=max(trained, 0) / elapsed,
             final_loss=self.smoothed, val_loss=self.last_val_loss, best_val_loss=self.best_val_loss,
-            last_checkpoint=self.run_dir / "last.pth",
+            last_checkpoint=self.run_dir / "last.pth" if (self.run_dir / "last.pth").exists() else None,
             best_checkpoint=best if self.best_val_loss is not None and best.exists() else None,
             recoveries=self.recoveries, start_step=self.start_step, run_elapsed=self._total_elapsed(),
             max_time=self.config.max_time,
         )
         self._emit(TrainEnd(summary))
+        if discard and self._run_dir is not None:
+            self._run_dir.restore()
         return summary
 
     # --- train step -------------------------------------------------------------------------------
@@ -582,7 +597,7 @@ class _Trainer:
 
     # --- reporting --------------------------------------------------------------------------------
 
-    def _report(self, lr: float, grad_norm: float) -> None:
+    def _report(self, lr: float, grad_norm: float, logged: bool = True) -> None:
         meter, total = self.meter, self.steps.total_steps
         tps = meter.tokens_per_second
         mfu = self.flops_per_token * tps / (self.peak_flops * self.parallel.world_size) if self.peak_flops else None
@@ -593,8 +608,10 @@ class _Trainer:
             eta=meter.eta(total - self.step) if self.timer is None else self.timer.eta(
                 self.step, total, self.steps.cadence, self._total_elapsed(), self._total_elapsed() - self.last_save_elapsed
             ),
+            logged=logged,
         ))
-        meter.reset()
+        if logged:
+            meter.reset()
 
     # --- evaluation -------------------------------------------------------------------------------
 
@@ -671,6 +688,9 @@ class _Trainer:
         finally:
             self.save_seconds += self.clock() - started
             self.saves += 1
+        if not self.saved and self._run_dir is not None:
+            self._run_dir.commit()  # this run's state is on disk: what it replaced can go
+        self.saved = True
 
     def _write_last(self) -> None:
         weights = self.parallel.model_state_dict()  # every process joins these and the RNG gather

@@ -67,6 +67,19 @@ class IntervalMeter:
     def eta(self, steps_left: int) -> float:
         return steps_left * (self.step_time or 0.0)
 
+    def state_dict(self) -> dict:
+        """The interval so far, for a checkpoint: a resumed run reports the same mean loss at the
+        next log step as a run that never stopped."""
+        return {"losses": list(self.losses), "tokens": self.tokens, "seconds": self.seconds,
+                "step_time": self.step_time}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses = [float(x) for x in state.get("losses", [])]
+        self.tokens = int(state.get("tokens", 0))
+        self.seconds = float(state.get("seconds", 0.0))
+        step_time = state.get("step_time")
+        self.step_time = float(step_time) if step_time is not None else None
+
     def reset(self) -> None:
         """Start a new report interval (the step time keeps its history)."""
         self.losses, self.tokens, self.seconds = [], 0, 0.0

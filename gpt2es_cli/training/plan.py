@@ -7,25 +7,34 @@ touched. `resume_config` rebuilds a run's settings from its checkpoint for `--re
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from gpt2es_cli.artifacts import open_checkpoint
 from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint
 from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.data.dataset import PreparedDataset
 from gpt2es_cli.errors import CheckpointError, ConfigError, DataError
-from gpt2es_cli.settings import AUTO
+from gpt2es_cli.settings import AUTO, value_problems
 from gpt2es_cli.tokenizer import Tokenizer
 from gpt2es_cli.training.budget import StepPlan, duration_text, plan_steps, step_budgets
-from gpt2es_cli.training.memory import BatchChoice, choose_batch_size, training_precision
+from gpt2es_cli.training.memory import (
+    BatchChoice,
+    available_memory,
+    choose_batch_size,
+    estimate_training_memory,
+    training_precision,
+)
+from gpt2es_cli.training.rundir import run_files
 from gpt2es_cli.training.sizing import SizeChoice, choose_model_size, measure_training_speed
 
 PROBE_BATCH = 8
 """Windows per pass when --preset auto times its candidates under --batch-size auto."""
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "best.pth", "loss.png")
 FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "init_from", "seq_len", "seed", "optimizer")
 """Settings a resumed run must keep: the architecture, the data windows and their order, the optimizer
 (its state is the one in the checkpoint)."""
@@ -77,14 +86,6 @@ class RunPlan:
         return self.steps.warmup_steps
 
 
-def run_files(run_dir: Path) -> list[str]:
-    """The run files a directory already holds."""
-    if not run_dir.is_dir():
-        return []
-    found = [name for name in RUN_FILES if (run_dir / name).exists()]
-    return found + sorted(p.name for p in run_dir.glob("step-*.pth"))
-
-
 def default_run_dir(data: str) -> Path:
     """runs/<name of the dataset directory>."""
     name = Path(data).resolve().name or "run"
@@ -124,11 +125,15 @@ def resume_config(checkpoint: Checkpoint, explicit: dict[str, Any]) -> TrainConf
     """
     saved = TrainConfig.from_dict(checkpoint.training["config"], source=f"{checkpoint.path}")
     given = {k.replace("-", "_"): v for k, v in explicit.items()}
+    problems = value_problems(TrainConfig, given)  # a bad value is named as such, before any comparison
+    if problems:
+        raise ConfigError("invalid training settings: " + "; ".join(problems))
     changed = [k for k in FIXED_ON_RESUME if k in given and given[k] != getattr(saved, k)]
     if changed:
         was = ", ".join(f"{k}={getattr(saved, k)!r}" for k in changed)
+        options = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise ConfigError(
-            f"cannot change {', '.join(changed)} when resuming {checkpoint.path} (the run has {was}): "
+            f"cannot change {options} when resuming {checkpoint.path} (the run has {was}): "
             f"drop those options, or start a new run from it with --init-from {checkpoint.path}"
         )
     if "out" not in given:
@@ -236,6 +241,15 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     per_pass = config.batch_size * world_size
     global_batch = config.global_batch or per_pass  # a multiple of per_pass: config.validate(world_size)
     tokens_per_step = global_batch * seq_len
+    windows = (train_tokens - 1) // seq_len
+    if global_batch > windows:
+        option = "--global-batch" if config.global_batch else "--batch-size"
+        raise ConfigError(
+            f"{option} asks for {global_batch:,} windows per step but {config.data}/train.bin holds only "
+            f"{windows:,} windows of {seq_len} tokens: lower {option} (or --seq-len), or prepare more text"
+        )
+    if batch_choice is None:
+        _check_batch_fits(config, model_config, seq_len, world_size)
     budgets = step_budgets(config, train_tokens, tokens_per_step)
     steps = plan_steps(config, budgets, train_tokens, tokens_per_step, resume.training if resume else None)
     min_lr = config.min_lr if config.min_lr is not None else config.lr / 10
@@ -258,6 +272,8 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     run_dir = Path(config.out) if config.out else default_run_dir(config.data)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file: choose a directory for the run")
+    if (run_dir / "meta.json").is_file() or (run_dir / "train.bin").exists():
+        raise ConfigError(f"--out {run_dir} holds a prepared dataset: choose another directory for the run")
     existing = run_files(run_dir)
     continuing = resume is not None and resume.path is not None and resume.path.parent.resolve() == run_dir.resolve()
     if existing and not continuing and not force:
@@ -284,6 +300,29 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         batch_choice=batch_choice,
         size_choice=size_choice,
     )
+
+
+def _check_batch_fits(config: TrainConfig, model: ModelConfig, seq_len: int, world_size: int) -> None:
+    """Refuse a micro-batch whose estimated training step needs more memory than the device has
+    (free RAM on the CPU and MPS, the whole GPU on CUDA): it could only fail, after a long start."""
+    precision = training_precision(config)
+    device = precision.device
+    needed = estimate_training_memory(
+        model, seq_len, config.batch_size, autocast_dtype=precision.autocast_dtype,
+        activation_checkpointing=config.activation_checkpointing, optimizer=config.optimizer,
+        device_type=device.type, world_size=world_size,
+    ).total
+    if device.type == "cuda":
+        have, where = torch.cuda.get_device_properties(device).total_memory, f"the {device} GPU's"
+    else:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))  # processes sharing this machine's RAM
+        have, where = available_memory(device) // max(1, local), "the free"
+    if needed > have:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} x --seq-len {seq_len} needs about {needed / 2**30:.1f} GB for a "
+            f"training step, more than {where} {have / 2**30:.1f} GB: lower --batch-size (the global batch can stay, "
+            "by gradient accumulation), use --batch-size auto or --activation-checkpointing"
+        )
 
 
 def _choose_size(config: TrainConfig, vocab_size: int, world_size: int) -> SizeChoice:

@@ -54,7 +54,7 @@ LADDER: tuple[tuple[int, int, int, int], ...] = (
     (48, 25, 1600, 1024),  # gpt2-xl
 )
 """The shapes auto chooses from, smallest first: head width 64, depth growing with width."""
-TOKENS_PER_PARAMETER = 0.25
+TOKENS_PER_PARAMETER = 0.5
 """The fewest training tokens per block parameter a chosen model gets (bench_quality.py)."""
 TRAIN_SHARE = 0.85
 """Share of --max-time spent in training steps (the rest: evaluations, saves, start-up)."""
