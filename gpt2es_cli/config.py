@@ -104,7 +104,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 # --- training -----------------------------------------------------------------------------------
 
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
+SCHEDULES = ("cosine", "linear", "constant", "wsd", "onecycle")
 DEFAULT_LR = 6e-4
 """GPT-2's peak learning rate, for --lr when it is not given (and --preset auto does not size the model)."""
 OPTIMIZERS = ("adamw", "muon")
@@ -169,11 +169,12 @@ class TrainConfig:
     """Learning-rate floor at the end of the decay."""
     schedule: str = setting("cosine", choices=SCHEDULES, panel=OPTIM)
     """Learning-rate schedule after a linear warmup, reaching --min-lr at the planned last step (wsd:
-    warmup-stable-decay)."""
+    warmup-stable-decay; onecycle: torch's OneCycleLR, a cosine up from lr/25 over the warmup, then
+    a cosine down)."""
     warmup_steps: int | None = setting(
-        None, ge=0, le=_BIG, panel=OPTIM, default_text="5% of the planned steps, at most 1000"
+        None, ge=0, le=_BIG, panel=OPTIM, default_text="5% of the planned steps, at most 1000; onecycle: 30%"
     )
-    """Linear warmup steps."""
+    """Warmup steps (linear; onecycle's rising phase)."""
     decay_fraction: float = setting(0.2, gt=0, le=1, panel=OPTIM)
     """wsd: the final fraction of the planned steps that decays to --min-lr."""
     weight_decay: float = setting(0.1, ge=0, le=10, panel=OPTIM)
@@ -188,8 +189,9 @@ class TrainConfig:
     muon_lr: float = setting(3e-3, gt=0, le=10, panel=OPTIM)
     """Peak learning rate of the Muon group (--optimizer muon), on AdamW's scale (each matrix's update is sized
     like AdamW's); it follows the same schedule as --lr."""
-    grad_clip: float = setting(1.0, ge=0, le=1e6, panel=OPTIM)
-    """Clip the gradient norm to this; 0 disables clipping."""
+    grad_clip: float | str = setting(1.0, ge=0, le=1e6, auto=True, panel=OPTIM)
+    """Clip the global gradient norm at this value (0 disables), or auto: at twice the moving average
+    of the recent norms (adaptive; each report says how often it fired)."""
     nan_retries: int = setting(3, ge=0, le=1000, panel=OPTIM)
     """Rollbacks to the last good state allowed after a non-finite loss before stopping."""
     device: str = setting("auto", panel=DEVICE)

@@ -52,9 +52,48 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         pass  # not supported on every platform/filesystem
 
 
+OWNER_FILE = ".gpt2es-owner"
+"""In a temp directory that will become `target`: the process id writing it."""
+
+
+def temp_dir_for(target: Path) -> Path:
+    """A new temp directory beside `target` (`.NAME.XXXX.tmp`, mode from the umask) that records its
+    writer; stale ones of writers that no longer run (killed mid-write) are deleted first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        if stale.is_dir() and not _writer_alive(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    for old in target.parent.glob(f".{target.name}.*.old"):  # a kill between replace_dir's two renames
+        if old.is_dir() and (old / target.name).exists() and not target.exists():
+            os.replace(old / target.name, target)
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; what it becomes is not
+    (tmp / OWNER_FILE).write_text(f"{os.getpid()}\n")
+    return tmp
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process that made this temp directory still runs (unknown owner: assume not)."""
+    try:
+        pid = int((tmp / OWNER_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
 def replace_dir(new: Path, target: Path) -> None:
     """Put directory `new` at `target`, replacing what is there with two renames; if the second
     fails, the previous directory is put back."""
+    (new / OWNER_FILE).unlink(missing_ok=True)
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))

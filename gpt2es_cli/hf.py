@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from gpt2es_cli.checkpoint import Checkpoint, clean_state_dict, safe_torch_load
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.device import dtype_name, parse_dtype
 from gpt2es_cli.errors import CheckpointError, ConfigError, Gpt2esError, first_line
-from gpt2es_cli.fileio import read_json_object, replace_dir
+from gpt2es_cli.fileio import read_json_object, replace_dir, temp_dir_for
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import EOS_TOKEN, Tokenizer
 
@@ -300,9 +299,7 @@ def export_hf(
     eos_id = tokenizer.eos_id if tokenizer is not None else None
     tensors = to_hf_state_dict(checkpoint.model_state, config, weight_dtype)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()  # not mkdtemp: its 0700 mode would stay on the export
+    tmp = temp_dir_for(out_dir)  # a killed export's temp directory goes first
     try:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", hf_config_dict(config, eos_id, dtype))

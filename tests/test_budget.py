@@ -195,6 +195,17 @@ def test_one_segment_is_the_plain_schedule_and_a_re_plan_joins_without_a_jump(ki
         assert rates[-1] == pytest.approx(0.1)  # annealed at the new end
 
 
+@pytest.mark.parametrize("kind", ["cosine", "linear", "constant", "wsd", "onecycle"])
+def test_no_re_plan_takes_the_rate_above_lr(kind):
+    from gpt2es_cli.training.optim import default_warmup
+
+    # A provisional one-epoch plan past its short warmup, re-joined by a longer plan still warming up.
+    first = schedule(Segment(0, 50, default_warmup(50, kind)), kind=kind)
+    for start, total in ((9, 220), (30, 400), (49, 60)):
+        replanned = first.replanned(start, total, default_warmup(total, kind), rejoin=True)
+        assert max(replanned(s) for s in range(total)) <= 1.0 + 1e-12, (start, total)
+
+
 def test_extending_a_finished_run_re_warms_then_anneals_again():
     done = schedule(Segment(0, 100, 10))
     assert done(99) == pytest.approx(0.1)
@@ -331,6 +342,14 @@ def test_given_eval_batches_are_kept_under_a_time_budget(train_dataset, tmp_path
     config = timed_run(train_dataset, tmp_path / "run", eval_batches=20)
     _, events = run(config, clocked(FakeClock(step=0.25, evaluation=0.2, save=0.0, per_batch=0.1)))
     assert {p.eval_batches for p in of(events, PlanFitted)} == {20}
+
+
+def test_onecycle_is_fitted_to_the_time_too(train_dataset, tmp_path, clocked):
+    summary, events = run(timed_run(train_dataset, tmp_path / "run", schedule="onecycle"), clocked(FakeClock()))
+    plans, reports = of(events, PlanFitted), of(events, StepReport)
+    assert plans[0].warmup_steps == round(0.3 * plans[0].total_steps)  # its rising phase: 30%
+    assert summary.stop_reason == "max_time" and abs(summary.run_elapsed - 60.0) <= tolerance(60.0)
+    assert reports[-1].lr == pytest.approx(3e-4) and max(r.lr for r in reports) == pytest.approx(3e-3, rel=0.05)
 
 
 def test_killed_and_resumed_reproduces_the_run_exactly(train_dataset, tmp_path, clocked):

@@ -49,7 +49,7 @@ def step_report(**kw) -> StepReport:
 def test_each_event_gives_its_own_record():
     assert step_report(loss=float("nan")).record() == {
         "type": "train", "step": 5, "tokens": 1000, "loss": None, "smoothed_loss": 3.3, "lr": 1e-3,
-        "grad_norm": 0.5, "tokens_per_second": 1234.0, "mfu": None, "elapsed": 3.0,
+        "grad_norm": 0.5, "tokens_per_second": 1234.0, "mfu": None, "elapsed": 3.0, "grad_clip": None, "clipped": 0,
     }
     validation = ValidationDone(step=4, tokens_seen=512, val_loss=2.0, val_perplexity=math.exp(2.0), best=True,
                                 sample="Había", elapsed=1.5)

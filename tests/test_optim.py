@@ -328,3 +328,79 @@ def test_muon_orthogonalizes_in_float32_on_a_cpu_without_native_bf16(monkeypatch
     monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: True)
     assert optim.orthogonalize_dtype(torch.device("cpu")) == torch.bfloat16
     assert optim.orthogonalize_dtype(torch.device("cuda")) == torch.bfloat16
+
+
+@pytest.mark.parametrize(("total", "warmup"), [(100, 30), (57, 17), (10, 2)])
+def test_onecycle_is_torchs_onecycle_lr(total, warmup):
+    from gpt2es_cli.training.optim import ONECYCLE_DIV, default_warmup, learning_rate
+
+    lr, min_lr = 1e-3, 1e-3 / ONECYCLE_DIV / 1e4
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=lr)
+    theirs = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=total, pct_start=warmup / total, anneal_strategy="cos", cycle_momentum=False,
+        div_factor=ONECYCLE_DIV, final_div_factor=1e4, three_phase=False,
+    )
+    expected = []
+    for step in range(total):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if step < total - 1:
+            theirs.step()
+    ours = [learning_rate(s, lr=lr, min_lr=min_lr, total_steps=total, warmup_steps=warmup, schedule="onecycle")
+            for s in range(total)]
+    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert default_warmup(100, "onecycle") == 30 and default_warmup(100) == 5
+
+
+def test_auto_clipping_cuts_spikes_at_twice_the_recent_norm():
+    from gpt2es_cli.training.clipping import AUTO_FACTOR, GradClip
+
+    clip = GradClip("auto")
+    assert clip.limit() == float("inf")  # no history: the first step is not clipped
+    for _ in range(200):
+        clip.update(1.0)
+    assert clip.limit() == pytest.approx(AUTO_FACTOR)
+    clip.update(100.0)  # a spike is clipped, and the average follows the clipped norm, not the spike
+    assert clip.limit() == pytest.approx(AUTO_FACTOR * (0.98 + 0.02 * AUTO_FACTOR))
+    state = clip.state_dict()
+    again = GradClip("auto")
+    again.load_state_dict(state)
+    assert again.limit() == clip.limit()
+    assert GradClip(1.0).limit() == 1.0 and GradClip(0.0).limit() == float("inf")
+    fixed = GradClip(1.0)
+    fixed.update(5.0)
+    assert fixed.limit() == 1.0
+
+
+def test_a_run_with_auto_clipping_logs_it_and_resumes_exactly(train_dataset, tmp_path):
+    import json
+    import os
+    import signal
+
+    config = tiny_run(train_dataset, tmp_path / "whole", grad_clip="auto", max_steps=10, log_interval=1, eval_interval=5,
+                      save_interval=100, optimizer="adamw")
+    train(config)
+    records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["type"] == "train"]
+    assert steps[0]["grad_clip"] is None and all(r["grad_clip"] > 0 for r in steps[1:])
+    assert all(r["clipped"] in (0, 1) for r in steps)
+
+    def ctrl_c(event):
+        if isinstance(event, StepReport) and event.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = tmp_path / "cut"
+    train(replace(config, out=str(cut)), subscribers=[ctrl_c])
+    checkpoint = load_checkpoint(cut / "last.pth")
+    assert checkpoint.training["clip"]["steps"] == 5
+    from gpt2es_cli.training import load_resume_checkpoint, resume_config
+
+    resumed = load_resume_checkpoint(cut)
+    train(resume_config(resumed, {}), resume=resumed)
+    got = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    resumed_steps = [r for r in got if r["type"] == "train"]
+    assert [r["step"] for r in resumed_steps] == [r["step"] for r in steps]
+    for key in ("loss", "grad_norm", "grad_clip", "clipped", "lr"):
+        for got_value, want in zip((r[key] for r in resumed_steps), (r[key] for r in steps), strict=True):
+            assert got_value == (want if want is None else pytest.approx(want, rel=1e-6)), key

@@ -4,6 +4,7 @@ leaves nothing behind, and stale temp files of a killed save are cleaned on the 
 
 import hashlib
 import math
+import os
 
 import pytest
 import torch
@@ -167,3 +168,56 @@ def test_an_interrupted_run_restores_on_a_second_ctrl_c(train_dataset, finished_
         train(tiny_run(train_dataset, finished_run, max_steps=4), force=True)
     assert snapshot(finished_run) == before
     assert torch.load(finished_run / "last.pth", weights_only=True)  # still a checkpoint
+
+
+# --- prepared data and exports: temp directories of killed writers -----------------------------------
+
+
+def dead_pid():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_writers_temp_directory_is_deleted_and_a_live_ones_kept(tmp_path):
+    from gpt2es_cli.fileio import OWNER_FILE, replace_dir, temp_dir_for
+
+    target = tmp_path / "data"
+    killed = tmp_path / ".data.abc.tmp"
+    killed.mkdir()
+    (killed / "train.bin").write_bytes(b"x" * 100)
+    (killed / OWNER_FILE).write_text(f"{dead_pid()}\n")
+    alive = tmp_path / ".data.def.tmp"
+    alive.mkdir()
+    (alive / OWNER_FILE).write_text(f"{os.getppid()}\n")  # a process that runs
+    fresh = temp_dir_for(target)
+    assert not killed.exists() and alive.exists() and fresh.is_dir()
+    (fresh / "meta.json").write_text("{}")
+    replace_dir(fresh, target)
+    assert sorted(p.name for p in target.iterdir()) == ["meta.json"]  # the owner mark does not stay
+
+
+def test_a_kill_between_the_two_renames_puts_the_previous_directory_back(tmp_path):
+    from gpt2es_cli.fileio import temp_dir_for
+
+    target = tmp_path / "data"
+    old = tmp_path / ".data.xyz.old"
+    (old / "data").mkdir(parents=True)
+    (old / "data" / "meta.json").write_text('{"kept": true}')
+    temp_dir_for(target)
+    assert (target / "meta.json").read_text() == '{"kept": true}' and not old.exists()
+
+
+def test_prepare_cleans_what_a_killed_prepare_left(tmp_path, tiny_tokenizer, spanish_texts):
+    from conftest import make_dataset
+
+    from gpt2es_cli.fileio import OWNER_FILE
+
+    killed = tmp_path / ".data.k1.tmp"
+    killed.mkdir()
+    (killed / OWNER_FILE).write_text(f"{dead_pid()}\n")
+    make_dataset(tmp_path / "data", tiny_tokenizer, spanish_texts, repeats=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -105,13 +105,20 @@ def _size_choice_line(s: TrainStart) -> str:
     return f"{head}, {why} | timed in {z.probe_seconds:.0f} s: {rates}"
 
 
+def _grad_text(r: StepReport) -> str:
+    """'grad 0.812', or 'grad 3.412 (2 clipped at 1.6)' when clipping fired since the last report."""
+    if r.clipped and r.grad_clip is not None:
+        return f"grad {r.grad_norm:.3f} ({r.clipped} clipped at {r.grad_clip:.2g})"
+    return f"grad {r.grad_norm:.3f}"
+
+
 def _step_line(r: StepReport) -> str:
     parts = [
         f"step {r.step:>{len(str(r.total_steps))}}/{r.total_steps} ({100 * r.step / r.total_steps:.1f}%)",
         f"loss {r.loss:.4f}",
         f"avg {r.smoothed_loss:.4f}",
         f"lr {r.lr:.2e}",
-        f"grad {r.grad_norm:.3f}",
+        _grad_text(r),
         f"{r.tokens_per_second:,.0f} tok/s",
     ]
     if r.mfu is not None:
@@ -218,7 +225,7 @@ class TrainDisplay:
             stats = Table.grid(padding=(0, 2))
             stats.add_row(
                 f"step [bold]{r.step}[/]/{r.total_steps}", f"loss [bold]{r.loss:.4f}[/]",
-                f"avg {r.smoothed_loss:.4f}", f"lr {r.lr:.2e}", f"grad {r.grad_norm:.3f}",
+                f"avg {r.smoothed_loss:.4f}", f"lr {r.lr:.2e}", _grad_text(r),
             )
             speed = [f"{r.tokens_per_second:,.0f} tok/s"] + ([f"mfu {100 * r.mfu:.1f}%"] if r.mfu is not None else [])
             stats.add_row(*speed, f"epoch {r.epoch:.2f}", f"elapsed {fmt.clock(r.elapsed)}", f"eta {fmt.clock(r.eta)}")

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from gpt2es_cli import __version__
 from gpt2es_cli.errors import DataError
-from gpt2es_cli.fileio import current_umask, read_json_object, replace_dir
+from gpt2es_cli.fileio import read_json_object, replace_dir, temp_dir_for
 from gpt2es_cli.tokenizer import Tokenizer
 
 FORMAT = "gpt2es-dataset"
@@ -84,7 +83,7 @@ class DatasetWriter:
         self.tokenizer = tokenizer
         self.dtype = token_dtype(tokenizer.vocab_size)
         self.force = force
-        self.tmp = Path(tempfile.mkdtemp(dir=self.out_dir.parent, prefix=f".{self.out_dir.name}.", suffix=".tmp"))
+        self.tmp = temp_dir_for(self.out_dir)  # a killed prepare's temp directory goes first
         self.splits = {s: _SplitFile(self.tmp / f"{s}.bin", self.dtype) for s in SPLITS}
         self.done = False
 
@@ -115,7 +114,6 @@ class DatasetWriter:
             "splits": self.split_stats(),
             **(meta or {}),
         }
-        os.chmod(self.tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a dataset is not
         self.tokenizer.save(self.tmp / "tokenizer.json")
         (self.tmp / "meta.json").write_text(json.dumps(full, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         replace_dir(self.tmp, self.out_dir)

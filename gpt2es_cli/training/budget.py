@@ -146,7 +146,8 @@ class Schedule:
         left = 1 - (step - segment.start + 1) / (segment.join + 1)  # share of the gap still to close
         if i == 0 or segment.join <= 0 or left <= 0:
             return base
-        return base + (anchors[i] - self._base(segment, segment.start - 1)) * left
+        # never above the peak: a join from a higher rate onto a curve still rising would overshoot it
+        return min(self.lr, base + (anchors[i] - self._base(segment, segment.start - 1)) * left)
 
     def __call__(self, step: int) -> float:
         """The rate of optimizer step `step` (0-based)."""
@@ -287,7 +288,7 @@ class StepPlan:
     def fitted(self, fit: Fit, step: int, warmup_steps: int | None) -> StepPlan:
         """This plan after a time fit (re-planned from `step`; warmup: given, kept, or 5% of the fit)."""
         warmup = warmup_steps if warmup_steps is not None else (
-            self.warmup_steps if self.warmup_fixed else default_warmup(fit.total_steps)
+            self.warmup_steps if self.warmup_fixed else default_warmup(fit.total_steps, self.schedule.kind)
         )
         budget = "max_time" if self.cap is None or fit.time_steps < self.cap else self.cap_budget or "max_time"
         schedule = self.schedule.replanned(step, fit.total_steps, warmup, rejoin=self.provisional)
@@ -334,7 +335,7 @@ def plan_steps(config: TrainConfig, budgets: dict[str, int], train_tokens: int, 
         total = (int(training["step"]) if training else 0) + max(1, math.ceil(train_tokens / tokens_per_step))
         budget = "max_time"
     if training is None:
-        segments: Any = [Segment(0, total, warmup if warmup is not None else default_warmup(total))]
+        segments: Any = [Segment(0, total, warmup if warmup is not None else default_warmup(total, config.schedule))]
     else:  # a checkpoint from before plans were recorded: one segment, as it was planned
         segments = recorded.get("segments") or [
             Segment(0, int(training.get("total_steps") or total), warmup if warmup is not None else 0)

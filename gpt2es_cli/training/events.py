@@ -106,6 +106,7 @@ class StepReport(Event):
     smoothed_loss: float
     lr: float
     grad_norm: float
+    """The last step's global gradient norm, before clipping."""
     tokens_per_second: float
     mfu: float | None
     """Model FLOPs utilisation (0..1) where the device's peak is known."""
@@ -118,6 +119,10 @@ class StepReport(Event):
     eta: float
     """Seconds until the planned end: with --max-time, from the measured step, evaluation and save
     times; else at the recent step time."""
+    grad_clip: float | None = None
+    """The last step's clipping limit (None: no clipping)."""
+    clipped: int = 0
+    """Steps since the last report whose norm was above their limit (and so were clipped)."""
     logged: bool = True
     """False for the report of a step where Ctrl-C stopped the run off the log interval: shown, not
     recorded, so the metrics of a resumed run are the uninterrupted run's."""

@@ -54,6 +54,7 @@ from gpt2es_cli.training.budget import (
     TimeBudget,
     plan_warning,
 )
+from gpt2es_cli.training.clipping import GradClip
 from gpt2es_cli.training.events import (
     Event,
     PlanFitted,
@@ -158,6 +159,8 @@ class _StepResult:
     """Ctrl-C or SIGTERM in some process."""
     reading: Reading
     """The main process's clock during this step."""
+    clip_limit: float = math.inf
+    """The gradient-norm limit this step was clipped at."""
 
 
 class _Trainer:
@@ -183,6 +186,8 @@ class _Trainer:
             model.load_state_dict(plan.resume.model_state)
         self.model = model.to(self.device).train()
         self.model.activation_checkpointing = config.activation_checkpointing  # training passes only
+        self.clip = GradClip(config.grad_clip)
+        self.last_clip = math.inf
         # Dropout differs between processes (they see different windows); a fixed seed each.
         torch.manual_seed(config.seed + 1 + parallel.rank)
         self.step_model = parallel.wrap(self.model, compile=config.compile)
@@ -256,6 +261,7 @@ class _Trainer:
         self.recoveries = int(training.get("recoveries", 0))
         self.elapsed_before = float(training.get("elapsed", 0.0))
         self.sampler.load_state_dict(training["data"])
+        self.clip.load_state_dict(training.get("clip"))
         rng = training.get("rng") or []
         rank = self.parallel.rank
         if len(rng) == self.parallel.world_size:  # same process count: continue each stream exactly
@@ -299,6 +305,7 @@ class _Trainer:
             },
             "metrics": self.history,
             "meter": self.meter.state_dict(),
+            "clip": self.clip.state_dict(),
         }
 
     def _extra(self) -> dict[str, Any]:
@@ -317,6 +324,7 @@ class _Trainer:
             "optimizer": _clone_to_cpu(self.optimizer.state_dict()),
             "step": self.step,
             "tokens_seen": self.tokens_seen,
+            "clip": self.clip.state_dict(),
         }
         self.recoveries_since_good = 0
 
@@ -327,6 +335,7 @@ class _Trainer:
         self.optimizer.load_state_dict(_clone_to_cpu(self.good["optimizer"]))
         self.step = self.good["step"]
         self.tokens_seen = self.good["tokens_seen"]
+        self.clip.load_state_dict(self.good["clip"])
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -430,7 +439,10 @@ class _Trainer:
                         return stop_reason
                     continue
                 lr = self._optimizer_step()
-                self.meter.add(result.loss, self.plan.tokens_per_step, self.clock() - t_step)
+                self.clip.update(result.grad_norm)
+                self.meter.add(result.loss, self.plan.tokens_per_step, self.clock() - t_step,
+                               clipped=result.grad_norm > result.clip_limit)
+                self.last_clip = result.clip_limit
                 self.smoothed = (
                     result.loss if self.smoothed is None else SMOOTHING * self.smoothed + (1 - SMOOTHING) * result.loss
                 )
@@ -552,9 +564,10 @@ class _Trainer:
         shared = parallel.all_reduce_sum(shared).tolist()
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
-        grad_norm = parallel.clip_grad_norm(c.grad_clip if c.grad_clip > 0 else math.inf)
+        limit = self.clip.limit()
+        grad_norm = parallel.clip_grad_norm(limit)
         reading = Reading(self.elapsed_before + shared[2], shared[3], int(shared[4]), shared[5], int(shared[6]))
-        return _StepResult(shared[0] / parallel.world_size, grad_norm, shared[1] > 0, reading)
+        return _StepResult(shared[0] / parallel.world_size, grad_norm, shared[1] > 0, reading, limit)
 
     def _finite(self, result: _StepResult) -> bool:
         # Under fp16 loss scaling an infinite gradient is the scaler's business (it skips the step).
@@ -603,7 +616,8 @@ class _Trainer:
         mfu = self.flops_per_token * tps / (self.peak_flops * self.parallel.world_size) if self.peak_flops else None
         self._emit(StepReport(
             step=self.step, tokens_seen=self.tokens_seen, loss=meter.mean_loss, smoothed_loss=self.smoothed,
-            lr=lr, grad_norm=grad_norm, tokens_per_second=tps, mfu=mfu, elapsed=self._total_elapsed(),
+            lr=lr, grad_norm=grad_norm, grad_clip=self.last_clip if math.isfinite(self.last_clip) else None,
+            clipped=meter.clipped, tokens_per_second=tps, mfu=mfu, elapsed=self._total_elapsed(),
             total_steps=total, epoch=self.tokens_seen / self.plan.dataset.num_tokens("train"),
             eta=meter.eta(total - self.step) if self.timer is None else self.timer.eta(
                 self.step, total, self.steps.cadence, self._total_elapsed(), self._total_elapsed() - self.last_save_elapsed

@@ -44,8 +44,11 @@ class IntervalMeter:
         self.tokens = 0
         self.seconds = 0.0
         self.step_time: float | None = None
+        self.clipped = 0
+        """Steps whose gradient norm was above the clipping limit."""
 
-    def add(self, loss: float, tokens: int, seconds: float) -> None:
+    def add(self, loss: float, tokens: int, seconds: float, clipped: bool = False) -> None:
+        self.clipped += int(clipped)
         self.losses.append(loss)
         self.tokens += tokens
         self.seconds += seconds
@@ -71,7 +74,7 @@ class IntervalMeter:
         """The interval so far, for a checkpoint: a resumed run reports the same mean loss at the
         next log step as a run that never stopped."""
         return {"losses": list(self.losses), "tokens": self.tokens, "seconds": self.seconds,
-                "step_time": self.step_time}
+                "step_time": self.step_time, "clipped": self.clipped}
 
     def load_state_dict(self, state: dict) -> None:
         self.losses = [float(x) for x in state.get("losses", [])]
@@ -79,7 +82,8 @@ class IntervalMeter:
         self.seconds = float(state.get("seconds", 0.0))
         step_time = state.get("step_time")
         self.step_time = float(step_time) if step_time is not None else None
+        self.clipped = int(state.get("clipped", 0))
 
     def reset(self) -> None:
         """Start a new report interval (the step time keeps its history)."""
-        self.losses, self.tokens, self.seconds = [], 0, 0.0
+        self.losses, self.tokens, self.seconds, self.clipped = [], 0, 0.0, 0

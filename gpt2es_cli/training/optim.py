@@ -204,8 +204,16 @@ class MuonWithAdamW(torch.optim.Optimizer):
                 group["lr_ratio"] = ratio
 
 
-def default_warmup(total_steps: int) -> int:
-    """5% of the steps, at least 1, at most 1000."""
+ONECYCLE_WARMUP = 0.3
+"""OneCycle's rising phase: 30% of the steps, torch's OneCycleLR pct_start."""
+ONECYCLE_DIV = 25.0
+"""OneCycle starts at lr / 25 (torch's div_factor)."""
+
+
+def default_warmup(total_steps: int, schedule: str = "cosine") -> int:
+    """5% of the steps, at least 1, at most 1000; onecycle's rising phase: 30% of them."""
+    if schedule == "onecycle":
+        return max(1, round(ONECYCLE_WARMUP * total_steps))
     return min(1000, max(1, total_steps // 20))
 
 
@@ -223,8 +231,13 @@ def learning_rate(
 
     cosine: half a cosine down to min_lr at total_steps; linear: a straight line to min_lr;
     constant: lr; wsd (warmup-stable-decay): lr until the last `decay_fraction` of the steps,
-    then a straight line to min_lr. Past total_steps it stays at the end value.
+    then a straight line to min_lr. onecycle: torch's OneCycleLR (two phases, cosine annealing,
+    no momentum cycling): from lr / ONECYCLE_DIV at step 0 up to lr at step warmup_steps - 1 by
+    half a cosine, then down to min_lr at the last step by another. Past total_steps it stays at
+    the end value.
     """
+    if schedule == "onecycle":
+        return _onecycle(step, lr, min_lr, total_steps, warmup_steps)
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     if schedule == "constant":
@@ -241,4 +254,14 @@ def learning_rate(
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
     if schedule == "linear":
         return lr - (lr - min_lr) * progress
-    raise ConfigError(f"unknown schedule {schedule!r}: choose cosine, linear, constant or wsd")
+    raise ConfigError(f"unknown schedule {schedule!r}: choose cosine, linear, constant, wsd or onecycle")
+
+
+def _onecycle(step: float, lr: float, min_lr: float, total_steps: int, warmup_steps: int) -> float:
+    def anneal(start: float, end: float, progress: float) -> float:
+        return end + (start - end) / 2 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+    peak = max(0, warmup_steps - 1)  # the step at lr (torch: pct_start * total_steps - 1)
+    if step <= peak and peak > 0:
+        return anneal(lr / ONECYCLE_DIV, lr, step / peak)
+    return anneal(lr, min_lr, (step - peak) / max(1, total_steps - 1 - peak))
