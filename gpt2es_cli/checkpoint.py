@@ -83,7 +83,8 @@ class Checkpoint:
 
     def summary(self) -> dict[str, Any]:
         """What `inspect` shows: plain data (JSON-serialisable), nothing printed."""
-        groups = parameter_counts((k, v.numel()) for k, v in self.model_state.items())
+        groups = parameter_counts(((k, v.numel()) for k, v in self.model_state.items()),
+                                  tied=self.model_config.tie_word_embeddings)
         tokenizer = None
         if self.tokenizer_json is not None:
             tok = self.tokenizer()

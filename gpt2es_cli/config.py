@@ -36,6 +36,8 @@ class ModelConfig:
     """Feed-forward activation: 'gelu' (exact) or 'gelu_new' (tanh approximation, OpenAI GPT-2)."""
     layer_norm_eps: float = setting(1e-5, gt=0, le=1)
     """Epsilon of every LayerNorm."""
+    tie_word_embeddings: bool = setting(True)
+    """The output projection is the token embedding (GPT-2); false: a separate output matrix."""
 
     def problems(self) -> list[str]:
         """Every problem with this config, in words a user can act on (empty when valid)."""
@@ -149,6 +151,9 @@ class TrainConfig:
     """Override the preset's context length."""
     dropout: float | None = setting(None, ge=0, lt=1, panel=MODEL)
     """Override the preset's dropout (also allowed with --init-from)."""
+    untied_head: bool = setting(False, panel=MODEL)
+    """A separate output projection instead of sharing the token embedding (exported with
+    tie_word_embeddings false); it adds vocabulary x width parameters."""
     init_from: str | None = setting(None, panel=MODEL)
     """Start from a checkpoint, run directory or Hugging Face GPT-2 directory (fine-tuning)."""
     max_steps: int | None = setting(None, ge=1, le=_BIG, panel=BUDGET)
@@ -258,8 +263,11 @@ class TrainConfig:
         return self.lr if self.lr is not None else DEFAULT_LR
 
     def model_overrides(self) -> dict[str, Any]:
-        """The model fields this config sets (None ones left out)."""
-        return {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
+        """The model fields this config sets (None ones left out; --untied-head as tie_word_embeddings)."""
+        found = {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
+        if self.untied_head:
+            found["tie_word_embeddings"] = False
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,7 +3,8 @@
 Our GPT2 and transformers' GPT-2 compute the same function; they differ only in names and in
 layout: transformers' `Conv1D` stores a projection's weight as (in, out) where our `nn.Linear`
 stores (out, in), so those four matrices per block are transposed on the way. The output
-projection is tied to the token embedding on both sides, so `lm_head.weight` is never written.
+projection is tied to the token embedding on both sides (tie_word_embeddings), so
+`lm_head.weight` is written only for a model trained with --untied-head, as its own matrix.
 
     export_hf(checkpoint, out_dir)  -> a directory AutoModelForCausalLM / AutoTokenizer load offline
     load_hf_checkpoint(directory)   -> a Checkpoint (artifacts.open_checkpoint calls it for
@@ -86,6 +87,8 @@ def to_hf_state_dict(
     """Our state_dict -> GPT2LMHeadModel's (without the tied lm_head), contiguous, in `dtype`."""
     state = clean_state_dict(state)
     rows = key_map(config.n_layer)
+    if not config.tie_word_embeddings:  # an untied head is a weight of its own in GPT2LMHeadModel too
+        rows = [*rows, (TIED_KEY, TIED_KEY, False)]
     expected = {ours for ours, _, _ in rows} | {TIED_KEY}
     missing = sorted(expected - set(state))
     unknown = sorted(set(state) - expected)
@@ -95,7 +98,7 @@ def to_hf_state_dict(
             + (f"; missing: {_few(missing)}" if missing else "")
             + (f"; unexpected: {_few(unknown)}" if unknown else "")
         )
-    if TIED_KEY in state and not torch.equal(state[TIED_KEY], state["wte.weight"]):
+    if config.tie_word_embeddings and TIED_KEY in state and not torch.equal(state[TIED_KEY], state["wte.weight"]):
         raise CheckpointError("the checkpoint's lm_head.weight differs from wte.weight: gpt2es ties them")
     out = {}
     for ours, hf, transposed in rows:
@@ -107,12 +110,13 @@ def to_hf_state_dict(
 
 
 def from_hf_state_dict(
-    state: dict[str, torch.Tensor], config: ModelConfig, tied: bool = True, source: Any = "the weights"
+    state: dict[str, torch.Tensor], config: ModelConfig, source: Any = "the weights"
 ) -> dict[str, torch.Tensor]:
     """A GPT2LMHeadModel (or GPT2Model) state_dict -> ours, in float32, shapes checked.
 
-    Accepts keys with or without the 'transformer.' prefix, skips the old causal-mask buffers,
-    and accepts an lm_head.weight only when it equals the token embedding.
+    Accepts keys with or without the 'transformer.' prefix and skips the old causal-mask buffers.
+    With tied embeddings (config.tie_word_embeddings) an lm_head.weight must equal the token
+    embedding; untied, it is required and becomes our separate head.
     """
     plain: dict[str, torch.Tensor] = {}
     lm_head = None
@@ -146,17 +150,24 @@ def from_hf_state_dict(
                 f"{tuple(shapes[ours][::-1] if transposed else shapes[ours])}"
             )
         out[ours] = t.to(torch.float32).contiguous()
-    if lm_head is not None:
-        if lm_head.shape != out["wte.weight"].shape or not torch.equal(
-            lm_head.to(torch.float32), out["wte.weight"]
-        ):
+    if not config.tie_word_embeddings:  # an untied head: its own matrix
+        if lm_head is None:
             raise CheckpointError(
-                f"{source}: lm_head.weight differs from the token embedding; gpt2es only supports "
-                "GPT-2 with tied input and output embeddings"
+                f"{source}: config.json sets tie_word_embeddings false but there is no lm_head.weight"
             )
-    elif not tied:
+        if lm_head.shape != out["wte.weight"].shape:
+            raise CheckpointError(
+                f"{source}: lm_head.weight has shape {tuple(lm_head.shape)} but config.json implies "
+                f"{tuple(out['wte.weight'].shape)}"
+            )
+        out[TIED_KEY] = lm_head.to(torch.float32).contiguous()
+        return out
+    if lm_head is not None and (lm_head.shape != out["wte.weight"].shape or not torch.equal(
+        lm_head.to(torch.float32), out["wte.weight"]
+    )):
         raise CheckpointError(
-            f"{source}: config.json sets tie_word_embeddings false but there is no lm_head.weight"
+            f"{source}: lm_head.weight differs from the token embedding although config.json ties them "
+            "(tie_word_embeddings true): the files come from different models"
         )
     out[TIED_KEY] = out["wte.weight"]  # the same tensor, as in GPT2.state_dict()
     return out
@@ -186,7 +197,7 @@ def hf_config_dict(config: ModelConfig, eos_id: int, dtype: str = "float32") -> 
         layer_norm_epsilon=config.layer_norm_eps,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=config.tie_word_embeddings,
         architectures=["GPT2LMHeadModel"],
         dtype=dtype,
     )
@@ -258,6 +269,7 @@ def model_config_from_hf(data: dict[str, Any], source: Any = "config.json") -> M
             dropout=float(cfg["resid_pdrop"]),
             activation=activation,
             layer_norm_eps=float(cfg["layer_norm_epsilon"]),
+            tie_word_embeddings=bool(cfg["tie_word_embeddings"]),
         ).validate()
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: {e}") from None
@@ -404,7 +416,7 @@ tags: [gpt2, gpt2es]
 # GPT-2 (Spanish), exported by gpt2es
 
 A decoder-only GPT-2 with {num_params:,} parameters, {origin}, exported by gpt2es {__version__}
-as a `GPT2LMHeadModel` ({dtype} weights, tied input and output embeddings).
+as a `GPT2LMHeadModel` ({dtype} weights, {"tied" if c.tie_word_embeddings else "separate"} input and output embeddings).
 
 ## Use
 
@@ -446,7 +458,7 @@ def load_hf_checkpoint(path: str | Path) -> Checkpoint:
     config = model_config_from_hf(data, config_file)
     state = _read_hf_weights(path)
     model_state = from_hf_state_dict(
-        state, config, tied=bool(data.get("tie_word_embeddings", True)), source=f"the weights in {path}"
+        state, config, source=f"the weights in {path}"
     )
     tokenizer_json = None
     if (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file():

@@ -128,8 +128,9 @@ class GPT2(nn.Module):
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied: one matrix embeds and un-embeds
-        self.apply(self._init_weights)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.wte.weight  # tied: one matrix embeds and un-embeds
+        self.apply(self._init_weights)  # an untied head starts as a Linear does here: N(0, 0.02)
 
 
     @staticmethod
@@ -194,7 +195,8 @@ class GPT2(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameter counts per component: embeddings, attention, feed-forward, norms."""
-        return parameter_counts((name, p.numel()) for name, p in self.named_parameters())
+        return parameter_counts(((name, p.numel()) for name, p in self.named_parameters()),
+                                tied=self.config.tie_word_embeddings)
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), as in the PaLM appendix: 6N + 12 L T C."""
@@ -203,12 +205,15 @@ class GPT2(nn.Module):
         return 6 * n + 12 * self.config.n_layer * T * self.config.n_embd
 
 
-def parameter_counts(sizes: Iterable[tuple[str, int]]) -> dict[str, int]:
-    """Group (name, numel) pairs of a GPT2 state dict into embeddings, attention, feed-forward
-    and norms. The tied `lm_head.weight` is the token embedding, so it is not counted again."""
+def parameter_counts(sizes: Iterable[tuple[str, int]], tied: bool = True) -> dict[str, int]:
+    """Group (name, numel) pairs of a GPT2 state dict into embeddings, attention, feed-forward,
+    norms and (untied) output head. A tied `lm_head.weight` is the token embedding, so it is not
+    counted again."""
     groups = {"embeddings": 0, "attention": 0, "feed_forward": 0, "norms": 0}
     for name, numel in sizes:
         if name == "lm_head.weight":
+            if not tied:
+                groups["head"] = groups.get("head", 0) + numel
             continue
         if name.startswith(("wte.", "wpe.")):
             groups["embeddings"] += numel

@@ -113,7 +113,8 @@ def parameter_count(model: ModelConfig) -> tuple[int, int]:
     C, L = model.n_embd, model.n_layer
     matrices = L * 12 * C * C  # c_attn 3C^2, attn c_proj C^2, c_fc 4C^2, mlp c_proj 4C^2
     per_block = 12 * C * C + 13 * C  # + biases 9C + two LayerNorms 4C
-    return L * per_block + (model.vocab_size + model.n_positions) * C + 2 * C, matrices
+    head = 0 if model.tie_word_embeddings else model.vocab_size * C  # an untied output matrix
+    return L * per_block + (model.vocab_size + model.n_positions) * C + head + 2 * C, matrices
 
 
 def estimate_training_memory(
@@ -140,7 +141,8 @@ def estimate_training_memory(
     gradients = FP32 * params * (2 if world_size > 1 else 1)  # DDP buckets hold a second copy
     copies = 0 if autocast_dtype is None else a * (L * (12 * C * C + 9 * C) + V * C)
     host_memory = device_type in ("cpu", "mps")
-    rollback = FP32 * (params + V * C) + optimizer_bytes if host_memory else 0  # state_dict lists the tied matrix twice
+    listed = params + (V * C if model.tie_word_embeddings else 0)  # state_dict lists a tied matrix twice
+    rollback = FP32 * listed + optimizer_bytes if host_memory else 0
 
     math_attention = device_type == "mps" or (device_type == "cpu" and model.dropout > 0)
     dropout_masks = 2 * C if model.dropout > 0 else 0  # bool masks of the two residual branches

@@ -35,7 +35,7 @@ from gpt2es_cli.training.sizing import SizeChoice, choose_model_size, measure_tr
 PROBE_BATCH = 8
 """Windows per pass when --preset auto times its candidates under --batch-size auto."""
 
-FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "init_from", "seq_len", "seed", "optimizer")
+FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "untied_head", "init_from", "seq_len", "seed", "optimizer")
 """Settings a resumed run must keep: the architecture, the data windows and their order, the optimizer
 (its state is the one in the checkpoint)."""
 
@@ -142,7 +142,9 @@ def resume_config(checkpoint: Checkpoint, explicit: dict[str, Any]) -> TrainConf
 
 
 def _architecture(model: ModelConfig) -> str:
-    return ", ".join(f"{k}={getattr(model, k)}" for k in ("n_layer", "n_head", "n_embd", "n_positions"))
+    return ", ".join(
+        f"{k}={getattr(model, k)}" for k in ("n_layer", "n_head", "n_embd", "n_positions", "tie_word_embeddings")
+    )
 
 
 def _tokenizers_match(a: Tokenizer, b: Tokenizer) -> bool:
@@ -199,7 +201,8 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     dataset = PreparedDataset.open(config.data)
     tokenizer = dataset.tokenizer()
     size_choice = None
-    if resume is None and not config.init_from and config.preset == AUTO and not set(config.model_overrides()) - {"dropout"}:
+    shape = set(config.model_overrides()) - {"dropout", "tie_word_embeddings"}
+    if resume is None and not config.init_from and config.preset == AUTO and not shape:
         size_choice = _choose_size(config, dataset.vocab_size, world_size)
         chosen = size_choice.model
         config = replace(config, n_layer=chosen.n_layer, n_head=chosen.n_head, n_embd=chosen.n_embd,

@@ -113,9 +113,9 @@ class SizeChoice:
         return next((c for c in self.candidates if c.name == self.name), None)
 
 
-def ladder(vocab_size: int, seq_len: int | None, dropout: float) -> list[ModelConfig]:
+def ladder(vocab_size: int, seq_len: int | None, dropout: float, tied: bool = True) -> list[ModelConfig]:
     """The candidate models, each with a context of at least the run's --seq-len."""
-    base = PRESETS[NO_TIME_PRESET]
+    base = replace(PRESETS[NO_TIME_PRESET], tie_word_embeddings=tied)
     return [
         replace(base, vocab_size=vocab_size, n_layer=layers, n_head=heads, n_embd=width,
                 n_positions=max(positions, seq_len or 0), dropout=dropout)
@@ -129,13 +129,13 @@ def choose_model_size(config: TrainConfig, vocab_size: int, dropout: float,
     """Resolve --preset auto (see the module docstring). `measure(model)` returns one process's
     training tokens per second for that model, or None when it does not fit in memory."""
     if config.max_time is None:
-        model = ladder(vocab_size, config.seq_len, dropout)[LADDER.index((6, 6, 384, 256))]
+        model = ladder(vocab_size, config.seq_len, dropout, not config.untied_head)[LADDER.index((6, 6, 384, 256))]
         return SizeChoice(model=model, lr=None, reason="no_time")
     train_seconds = TRAIN_SHARE * config.max_time
     started = clock()
     candidates: list[Candidate] = []
     chosen: ModelConfig | None = None
-    models = ladder(vocab_size, config.seq_len, dropout)
+    models = ladder(vocab_size, config.seq_len, dropout, not config.untied_head)
     speed_bound = math.inf  # tokens/s of the last timed candidate: no larger one is faster
     for i, model in enumerate(models):
         params = parameter_count(model)[1]
