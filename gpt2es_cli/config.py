@@ -14,6 +14,7 @@ from gpt2es_cli.errors import ConfigError, GenerationError
 from gpt2es_cli.settings import build, field_problems, parse_duration, parse_size, setting
 
 ACTIVATIONS = ("gelu", "gelu_new")
+POSITIONS = ("learned", "sinusoidal", "rope")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class ModelConfig:
     """Epsilon of every LayerNorm."""
     tie_word_embeddings: bool = setting(True)
     """The output projection is the token embedding (GPT-2); false: a separate output matrix."""
+    position: str = setting("learned", choices=POSITIONS)
+    """How tokens know their position: learned (GPT-2's trained table), sinusoidal (the original
+    Transformer's fixed table, computed, not saved) or rope (rotary embeddings on queries and keys)."""
+    rope_theta: float = setting(10000.0, gt=1, le=1e9)
+    """RoPE's base (--position rope): the longest wavelength is about 2 pi theta tokens."""
 
     def problems(self) -> list[str]:
         """Every problem with this config, in words a user can act on (empty when valid)."""
@@ -50,6 +56,10 @@ class ModelConfig:
             and self.n_embd % self.n_head
         ):
             found.append(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        elif self.position == "rope" and isinstance(self.n_embd, int) and isinstance(self.n_head, int) and (
+            self.n_head > 0 and (self.n_embd // self.n_head) % 2
+        ):
+            found.append(f"rope needs an even head width, but n_embd / n_head is {self.n_embd // self.n_head}")
         return found
 
     def validate(self) -> ModelConfig:
@@ -110,7 +120,7 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd", "onecycle")
 DEFAULT_LR = 6e-4
 """GPT-2's peak learning rate, for --lr when it is not given (and --preset auto does not size the model)."""
 OPTIMIZERS = ("adamw", "muon")
-MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_positions", "dropout")
+MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_positions", "dropout", "position", "rope_theta")
 """TrainConfig fields that override the preset's ModelConfig."""
 
 # The --help sections of `gpt2es train`.
@@ -151,6 +161,11 @@ class TrainConfig:
     """Override the preset's context length."""
     dropout: float | None = setting(None, ge=0, lt=1, panel=MODEL)
     """Override the preset's dropout (also allowed with --init-from)."""
+    position: str | None = setting(None, choices=POSITIONS, panel=MODEL, default_text="learned")
+    """Position encoding: learned (GPT-2), sinusoidal (fixed, not trained) or rope (rotary); sinusoidal and
+    rope evaluate and sample past the trained context."""
+    rope_theta: float | None = setting(None, gt=1, le=1e9, panel=MODEL, default_text="10000")
+    """RoPE's base, with --position rope."""
     untied_head: bool = setting(False, panel=MODEL)
     """A separate output projection instead of sharing the token embedding (exported with
     tie_word_embeddings false); it adds vocabulary x width parameters."""
@@ -424,6 +439,8 @@ class EvalConfig:
     """Windows per forward pass."""
     max_tokens: int | None = setting(None, ge=2, le=10**15)
     """Score at most this many tokens."""
+    context: int | None = setting(None, ge=2, le=1 << 20, default_text="the model's context")
+    """Tokens per scored window; beyond the trained context only for sinusoidal and rope positions."""
 
     def problems(self) -> list[str]:
         return field_problems(self)

@@ -92,14 +92,22 @@ def evaluate_ids(
     batch_size: int = 8,
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    context: int | None = None,
 ) -> EvalResult:
     """Score token ids (1-D) with a sliding window. `progress(done, total)` counts tokens scored.
 
-    The model may compute in any dtype (cast, quantized or under `autocast`): the cross-entropy
-    is always taken in float32 over float32 logits, so low-precision weights do not also lose
-    precision in the loss.
+    `context`: tokens per window, by default the model's; longer than the trained context only for
+    sinusoidal and rope positions (how they extrapolate). The model may compute in any dtype
+    (cast, quantized or under `autocast`): the cross-entropy is always taken in float32 over
+    float32 logits, so low-precision weights do not also lose precision in the loss.
     """
-    context = model.config.n_positions
+    trained = model.config.n_positions
+    context = trained if context is None else context
+    if context > trained and model.config.position == "learned":
+        raise DataError(
+            f"--context {context} is longer than the model's {trained} learned positions: use --context "
+            f"{trained} or less (only sinusoidal and rope positions go further)"
+        )
     stride = context // 2 if stride is None else stride
     if not 1 <= stride <= context:
         raise DataError(f"--stride must be between 1 and the context ({context}), got {stride}")

@@ -30,7 +30,7 @@ from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.device import dtype_name, parse_dtype
 from gpt2es_cli.errors import CheckpointError, ConfigError, Gpt2esError, first_line
 from gpt2es_cli.fileio import read_json_object, replace_dir, temp_dir_for
-from gpt2es_cli.model import GPT2
+from gpt2es_cli.model import GPT2, sinusoidal_table
 from gpt2es_cli.tokenizer import EOS_TOKEN, Tokenizer
 
 # --- the weight map -------------------------------------------------------------------------
@@ -84,8 +84,20 @@ def key_map(n_layer: int) -> list[tuple[str, str, bool]]:
 def to_hf_state_dict(
     state: dict[str, torch.Tensor], config: ModelConfig, dtype: torch.dtype | None = None
 ) -> dict[str, torch.Tensor]:
-    """Our state_dict -> GPT2LMHeadModel's (without the tied lm_head), contiguous, in `dtype`."""
+    """Our state_dict -> GPT2LMHeadModel's (without the tied lm_head), contiguous, in `dtype`.
+
+    A sinusoidal model's fixed table becomes GPT-2's `wpe` (exactly the values it adds); rotary
+    positions have no GPT-2 equivalent and are refused."""
     state = clean_state_dict(state)
+    if config.position == "rope":
+        raise CheckpointError(
+            "a --position rope model cannot be written as GPT2LMHeadModel, whose positions are a learned "
+            "table: sample and evaluate it with gpt2es (export to an architecture with rotary embeddings "
+            "is not supported yet)"
+        )
+    if config.position == "sinusoidal":
+        table = sinusoidal_table(torch.arange(config.n_positions), config.n_embd)
+        state = {**state, "wpe.weight": table}
     rows = key_map(config.n_layer)
     if not config.tie_word_embeddings:  # an untied head is a weight of its own in GPT2LMHeadModel too
         rows = [*rows, (TIED_KEY, TIED_KEY, False)]

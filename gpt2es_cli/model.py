@@ -1,6 +1,7 @@
 """A decoder-only GPT-2 in pure torch: no printing, no files.
 
-Token + learned position embeddings, N pre-LayerNorm blocks (causal self-attention with a fused
+Token + position embeddings (learned, as GPT-2; or the fixed sinusoidal table; or rotary
+embeddings applied to queries and keys), N pre-LayerNorm blocks (causal self-attention with a fused
 QKV projection and scaled_dot_product_attention, then a GELU feed-forward 4x wide, each on a
 residual branch), a final LayerNorm, and an output projection tied to the token embedding.
 Incremental decoding goes through `KVCache`. With `activation_checkpointing` set, training
@@ -20,6 +21,33 @@ from torch.utils.checkpoint import checkpoint
 from gpt2es_cli.config import ModelConfig
 
 
+def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """The original Transformer's position encoding (Vaswani et al. 2017) of `positions` (T,):
+    (T, dim) float32, sin at even and cos at odd channels, wavelengths 2 pi .. 10000 * 2 pi."""
+    inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) * (-math.log(10000.0) / dim))
+    angles = positions.to(torch.float32)[:, None] * inv[None, :]  # (T, ceil(dim / 2))
+    table = torch.zeros(positions.numel(), dim, dtype=torch.float32, device=positions.device)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : dim // 2])
+    return table
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, head_dim) of rotary embeddings at `positions`, in the half-split layout
+    (GPT-NeoX, Llama): channel i and i + head_dim/2 rotate together at frequency theta^(-2i/head_dim)."""
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
+    freqs = positions.to(torch.float32)[:, None] * inv[None, :]  # (T, head_dim / 2)
+    angles = torch.cat([freqs, freqs], dim=-1)  # (T, head_dim)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate queries or keys x (B, nh, T, hs) by the angles of their positions."""
+    half = x.size(-1) // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos.to(x.dtype) + rotated * sin.to(x.dtype)).to(x.dtype)
+
+
 class KVCache:
     """Keys and values of every layer for a batch of sequences, preallocated to the context.
 
@@ -27,12 +55,13 @@ class KVCache:
     Storage is allocated on first use, in the dtype of the keys (so autocast works unchanged).
     """
 
-    def __init__(self, config: ModelConfig, batch_size: int):
-        self.shape = (batch_size, config.n_head, config.n_positions, config.head_dim)  # (B, nh, Tmax, hs)
+    def __init__(self, config: ModelConfig, batch_size: int, capacity: int | None = None):
+        self.capacity = capacity or config.n_positions
+        """Positions it holds: the context, or more for encodings that extrapolate (sinusoidal, rope)."""
+        self.shape = (batch_size, config.n_head, self.capacity, config.head_dim)  # (B, nh, Tmax, hs)
         self.n_layer = config.n_layer
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
-        self.capacity = config.n_positions
         self.length = 0
 
     def reset(self) -> None:
@@ -60,12 +89,15 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:  # rotary: each query and key turned by its true position (cached keys too)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
         if cache is not None:
             past = cache.length
@@ -106,8 +138,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -123,7 +156,8 @@ class GPT2(nn.Module):
         config.validate()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        if config.position == "learned":  # sinusoidal is computed, rope turns q and k: no table to train
+            self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
@@ -139,6 +173,7 @@ class GPT2(nn.Module):
         device: no memory, no initialisation)."""
         with torch.device("meta"):
             return {k: v.shape for k, v in GPT2(config).state_dict().items()}
+
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2: normal(0, 0.02); projections into the residual stream scaled by 1/sqrt(2*n_layer)
         # so the stream's variance does not grow with depth.
@@ -162,22 +197,30 @@ class GPT2(nn.Module):
         needs no others, and it spares the output head (the largest matrix) for the prompt.
         """
         T = idx.size(1)  # idx: (B, T)
+        c = self.config
         past = cache.length if cache is not None else 0
-        if past + T > self.config.n_positions:
-            raise ValueError(
-                f"sequence of {past + T} tokens exceeds the context of {self.config.n_positions}"
-            )
+        limit = cache.capacity if cache is not None else c.n_positions if c.position == "learned" else None
+        if limit is not None and past + T > limit:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the context of {limit}")
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if c.position == "learned":
+            x = x + self.wpe(pos)
+        elif c.position == "sinusoidal":
+            x = x + sinusoidal_table(pos, c.n_embd).to(x.dtype)
+        else:
+            rope = rope_angles(pos, c.head_dim, c.rope_theta)
+        x = self.drop(x)
         # Checkpointing pays off only when a backward pass follows: not in eval, not with a cache.
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.h):
             if recompute:
                 # Only x (B, T, C) is kept; the backward pass reruns the block, replaying the RNG
                 # state (same dropout masks) and the autocast state, so gradients are unchanged.
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, None, i, rope, use_reentrant=False)
             else:
-                x = block(x, cache, i)
+                x = block(x, cache, i, rope)
         if cache is not None:
             cache.length += T
         if last_only:
@@ -185,9 +228,12 @@ class GPT2(nn.Module):
         x = self.ln_f(x)
         return self.lm_head(x)  # (B, T, vocab_size), or (B, 1, vocab_size) with last_only
 
-    def new_cache(self, batch_size: int) -> KVCache:
-        """An empty KV cache for `batch_size` sequences (it takes the device of the keys)."""
-        return KVCache(self.config, batch_size)
+    def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` sequences (it takes the device of the keys), holding the
+        context or `capacity` positions (beyond the context only for sinusoidal and rope)."""
+        if capacity is not None and capacity > self.config.n_positions and self.config.position == "learned":
+            raise ValueError(f"learned positions stop at the context of {self.config.n_positions}")
+        return KVCache(self.config, batch_size, capacity)
 
     def num_parameters(self) -> int:
         """Parameter count, the tied output projection counted once."""
@@ -201,7 +247,7 @@ class GPT2(nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), as in the PaLM appendix: 6N + 12 L T C."""
         T = seq_len or self.config.n_positions
-        n = self.num_parameters() - self.wpe.weight.numel()
+        n = self.num_parameters() - (self.wpe.weight.numel() if self.config.position == "learned" else 0)
         return 6 * n + 12 * self.config.n_layer * T * self.config.n_embd
 
 

@@ -68,6 +68,7 @@ def evaluate(
     """
     settings = EvalConfig.from_dict(given)
     split, stride, batch_size, max_tokens = settings.split, settings.stride, settings.batch_size, settings.max_tokens
+    context = settings.context
     if amp and dtype not in (None, "auto"):
         raise ConfigError(f"--amp is short for --dtype auto: drop one of --amp and --dtype {dtype}")
     if dtype is None:  # exact float32 scores unless asked; int8 weights compute in bfloat16
@@ -105,6 +106,7 @@ def evaluate(
                     name=str(name),
                     stride=stride,
                     batch_size=batch_size,
+                    context=context,
                     progress=lambda done, total, t=task: progress.update(t, completed=done),
                 )
             )

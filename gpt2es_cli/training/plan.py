@@ -35,7 +35,7 @@ from gpt2es_cli.training.sizing import SizeChoice, choose_model_size, measure_tr
 PROBE_BATCH = 8
 """Windows per pass when --preset auto times its candidates under --batch-size auto."""
 
-FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "untied_head", "init_from", "seq_len", "seed", "optimizer")
+FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "untied_head", "position", "rope_theta", "init_from", "seq_len", "seed", "optimizer")
 """Settings a resumed run must keep: the architecture, the data windows and their order, the optimizer
 (its state is the one in the checkpoint)."""
 
@@ -143,7 +143,8 @@ def resume_config(checkpoint: Checkpoint, explicit: dict[str, Any]) -> TrainConf
 
 def _architecture(model: ModelConfig) -> str:
     return ", ".join(
-        f"{k}={getattr(model, k)}" for k in ("n_layer", "n_head", "n_embd", "n_positions", "tie_word_embeddings")
+        f"{k}={getattr(model, k)}"
+        for k in ("n_layer", "n_head", "n_embd", "n_positions", "tie_word_embeddings", "position", "rope_theta")
     )
 
 
@@ -201,7 +202,7 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     dataset = PreparedDataset.open(config.data)
     tokenizer = dataset.tokenizer()
     size_choice = None
-    shape = set(config.model_overrides()) - {"dropout", "tie_word_embeddings"}
+    shape = set(config.model_overrides()) - {"dropout", "tie_word_embeddings", "position", "rope_theta"}
     if resume is None and not config.init_from and config.preset == AUTO and not shape:
         size_choice = _choose_size(config, dataset.vocab_size, world_size)
         chosen = size_choice.model

@@ -113,9 +113,10 @@ class SizeChoice:
         return next((c for c in self.candidates if c.name == self.name), None)
 
 
-def ladder(vocab_size: int, seq_len: int | None, dropout: float, tied: bool = True) -> list[ModelConfig]:
-    """The candidate models, each with a context of at least the run's --seq-len."""
-    base = replace(PRESETS[NO_TIME_PRESET], tie_word_embeddings=tied)
+def ladder(vocab_size: int, seq_len: int | None, dropout: float, **model: object) -> list[ModelConfig]:
+    """The candidate models, each with a context of at least the run's --seq-len (`model`: the run's
+    other model settings: head, position encoding)."""
+    base = replace(PRESETS[NO_TIME_PRESET], **model)
     return [
         replace(base, vocab_size=vocab_size, n_layer=layers, n_head=heads, n_embd=width,
                 n_positions=max(positions, seq_len or 0), dropout=dropout)
@@ -129,13 +130,13 @@ def choose_model_size(config: TrainConfig, vocab_size: int, dropout: float,
     """Resolve --preset auto (see the module docstring). `measure(model)` returns one process's
     training tokens per second for that model, or None when it does not fit in memory."""
     if config.max_time is None:
-        model = ladder(vocab_size, config.seq_len, dropout, not config.untied_head)[LADDER.index((6, 6, 384, 256))]
+        model = ladder(vocab_size, config.seq_len, dropout, **_model_fields(config))[LADDER.index((6, 6, 384, 256))]
         return SizeChoice(model=model, lr=None, reason="no_time")
     train_seconds = TRAIN_SHARE * config.max_time
     started = clock()
     candidates: list[Candidate] = []
     chosen: ModelConfig | None = None
-    models = ladder(vocab_size, config.seq_len, dropout, not config.untied_head)
+    models = ladder(vocab_size, config.seq_len, dropout, **_model_fields(config))
     speed_bound = math.inf  # tokens/s of the last timed candidate: no larger one is faster
     for i, model in enumerate(models):
         params = parameter_count(model)[1]
@@ -162,6 +163,12 @@ def choose_model_size(config: TrainConfig, vocab_size: int, dropout: float,
         model=chosen, lr=None if config.lr is not None else auto_lr(chosen.n_embd), reason="time",
         candidates=tuple(candidates), probe_seconds=clock() - started,
     )
+
+
+def _model_fields(config: TrainConfig) -> dict[str, object]:
+    """The model settings of the run that are not its size: head, position encoding."""
+    fields = {k: v for k, v in config.model_overrides().items() if k in ("tie_word_embeddings", "position", "rope_theta")}
+    return fields
 
 
 def measure_training_speed(model_config: ModelConfig, config: TrainConfig, seq_len: int, batch_size: int,
