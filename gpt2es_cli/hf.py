@@ -30,6 +30,7 @@ from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.device import dtype_name, parse_dtype
 from gpt2es_cli.errors import CheckpointError, ConfigError, Gpt2esError, first_line
 from gpt2es_cli.fileio import read_json_object, replace_dir, temp_dir_for
+from gpt2es_cli.hf_neox import from_neox_state_dict, model_config_from_neox, neox_config_dict, to_neox_state_dict
 from gpt2es_cli.model import GPT2, sinusoidal_table
 from gpt2es_cli.tokenizer import EOS_TOKEN, Tokenizer
 
@@ -92,8 +93,7 @@ def to_hf_state_dict(
     if config.position == "rope":
         raise CheckpointError(
             "a --position rope model cannot be written as GPT2LMHeadModel, whose positions are a learned "
-            "table: sample and evaluate it with gpt2es (export to an architecture with rotary embeddings "
-            "is not supported yet)"
+            "table: export_hf writes it as GPTNeoXForCausalLM"
         )
     if config.position == "sinusoidal":
         table = sinusoidal_table(torch.arange(config.n_positions), config.n_embd)
@@ -246,8 +246,8 @@ def model_config_from_hf(data: dict[str, Any], source: Any = "config.json") -> M
     model_type = data.get("model_type")
     if model_type != "gpt2":
         raise CheckpointError(
-            f"{source} describes a {model_type!r} model, not GPT-2: gpt2es only loads Hugging Face "
-            "models with model_type 'gpt2'"
+            f"{source} describes a {model_type!r} model, not GPT-2: gpt2es loads Hugging Face models with "
+            "model_type 'gpt2' (and 'gpt_neox' configured as its rope models)"
         )
     cfg = dict(_HF_DEFAULTS)
     cfg.update({_HF_ALIASES.get(k, k): v for k, v in data.items()})
@@ -321,12 +321,17 @@ def export_hf(
             "pass the tokenizer the model was trained with"
         )
     eos_id = tokenizer.eos_id if tokenizer is not None else None
-    tensors = to_hf_state_dict(checkpoint.model_state, config, weight_dtype)
+    if config.position == "rope":  # rotary embeddings: GPT-NeoX configured as our blocks (hf_neox.py)
+        tensors = to_neox_state_dict(clean_state_dict(checkpoint.model_state), config, weight_dtype)
+        config_json = neox_config_dict(config, eos_id, dtype)
+    else:
+        tensors = to_hf_state_dict(checkpoint.model_state, config, weight_dtype)
+        config_json = hf_config_dict(config, eos_id, dtype)
 
     tmp = temp_dir_for(out_dir)  # a killed export's temp directory goes first
     try:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _write_json(tmp / "config.json", hf_config_dict(config, eos_id, dtype))
+        _write_json(tmp / "config.json", config_json)
         _write_json(tmp / "generation_config.json", _generation_config(eos_id))
         if tokenizer is not None:
             _write_tokenizer(tmp, tokenizer, config.n_positions)
@@ -428,7 +433,7 @@ tags: [gpt2, gpt2es]
 # GPT-2 (Spanish), exported by gpt2es
 
 A decoder-only GPT-2 with {num_params:,} parameters, {origin}, exported by gpt2es {__version__}
-as a `GPT2LMHeadModel` ({dtype} weights, {"tied" if c.tie_word_embeddings else "separate"} input and output embeddings).
+as a `{"GPTNeoXForCausalLM" if c.position == "rope" else "GPT2LMHeadModel"}` ({dtype} weights, {"tied" if c.tie_word_embeddings else "separate"} input and output embeddings).
 
 ## Use
 
@@ -467,11 +472,13 @@ def load_hf_checkpoint(path: str | Path) -> Checkpoint:
     if not config_file.is_file():
         raise CheckpointError(f"{path} has no config.json: it is not a Hugging Face model directory")
     data = read_json_object(config_file, CheckpointError, "download or export the model again")
-    config = model_config_from_hf(data, config_file)
-    state = _read_hf_weights(path)
-    model_state = from_hf_state_dict(
-        state, config, source=f"the weights in {path}"
-    )
+    state_source = f"the weights in {path}"
+    if data.get("model_type") == "gpt_neox":  # a rope model (hf_neox.py)
+        config = model_config_from_neox(data, config_file)
+        model_state = from_neox_state_dict(_read_hf_weights(path), config, GPT2.state_shapes(config), state_source)
+    else:
+        config = model_config_from_hf(data, config_file)
+        model_state = from_hf_state_dict(_read_hf_weights(path), config, source=state_source)
     tokenizer_json = None
     if (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file():
         try:

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from gpt2es_cli.cli import app
 from gpt2es_cli.config import GenerationConfig, ModelConfig
-from gpt2es_cli.errors import CheckpointError, ConfigError
+from gpt2es_cli.errors import ConfigError
 from gpt2es_cli.generate import generate
-from gpt2es_cli.hf import export_hf
+from gpt2es_cli.hf import export_hf, load_hf_checkpoint
 from gpt2es_cli.model import GPT2, apply_rope, rope_angles, sinusoidal_table
 from gpt2es_cli.training import load_resume_checkpoint, resume_config, train
 
@@ -96,20 +96,54 @@ def test_learned_positions_refuse_a_longer_eval_context(tmp_path, tiny_checkpoin
     assert result.exit_code == 1 and "longer than the model's 64 learned positions" in result.stderr
 
 
-def test_sinusoidal_exports_to_gpt2_with_the_same_logits_and_rope_is_refused(tmp_path, tiny_tokenizer):
+def test_sinusoidal_exports_to_gpt2_with_the_same_logits(tmp_path, tiny_tokenizer):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     model = GPT2(tiny("sinusoidal", tiny_tokenizer.vocab_size)).eval()
     out = export_hf(Checkpoint(model.config, model.state_dict(), tiny_tokenizer.to_json()), tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == "GPT2LMHeadModel"
     idx = torch.tensor([tiny_tokenizer.encode("Había una vez un niño que soñaba con el mar")[:30]])
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, model(idx), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_rope_exports_to_gpt_neox_with_the_same_logits_and_imports_back(tmp_path, tiny_tokenizer, tied):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = tiny("rope", tiny_tokenizer.vocab_size, tie_word_embeddings=tied, rope_theta=500.0, activation="gelu")
+    model = GPT2(config).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so a swapped weight would show
+        for name, param in model.named_parameters():
+            if "ln" in name or name.endswith("bias"):
+                param.add_(0.1 * torch.randn_like(param))
+    ckpt = Checkpoint(config, model.state_dict(), tiny_tokenizer.to_json())
+    out = export_hf(ckpt, tmp_path / "hf")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model_type"] == "gpt_neox" and saved["use_parallel_residual"] is False
+    assert saved["tie_word_embeddings"] is tied
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == "GPTNeoXForCausalLM"
+    ids = tiny_tokenizer.encode("¿Dónde está la señora Muñoz? Había una vez un niño que soñaba con el mar")[:40]
+    idx = torch.tensor([ids, ids[::-1]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx), atol=1e-4, rtol=0)
+        theirs = hf.generate(idx[:1], max_new_tokens=12, do_sample=False)[0, idx.shape[1]:].tolist()
+    ours = generate(model, ids, GenerationConfig(max_new_tokens=12, temperature=0, stop_at_eos=False), None)[0]
+    assert theirs == ours
+    back = load_hf_checkpoint(out)
+    assert back.model_config == config
+    for key, value in ckpt.model_state.items():
+        assert torch.equal(back.model_state[key], value), key
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert tokenizer("Había una vez")["input_ids"] == tiny_tokenizer.encode("Había una vez")
+
+
+def test_cli_exports_a_rope_run(tmp_path, tiny_tokenizer):
     rope = GPT2(tiny("rope", tiny_tokenizer.vocab_size))
-    with pytest.raises(CheckpointError, match="cannot be written as GPT2LMHeadModel"):
-        export_hf(Checkpoint(rope.config, rope.state_dict(), tiny_tokenizer.to_json()), tmp_path / "rope")
     path = tmp_path / "rope.pth"
     save_checkpoint(path, Checkpoint(rope.config, rope.state_dict(), tiny_tokenizer.to_json()))
     result = runner.invoke(app, ["export", str(path), str(tmp_path / "rope-hf")])
-    assert result.exit_code == 1 and "cannot be written as GPT2LMHeadModel" in result.stderr
-    assert not (tmp_path / "rope-hf").exists()
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rope-hf" / "model.safetensors").exists()
