@@ -123,6 +123,18 @@ OPTIMIZERS = ("adamw", "muon")
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_positions", "dropout", "position", "rope_theta")
 """TrainConfig fields that override the preset's ModelConfig."""
 
+EXTRA_LOGGERS = ("tensorboard", "csv")
+
+
+def parse_loggers(value: object, option: str = "--log-to") -> str:
+    """'tensorboard, csv' -> 'tensorboard,csv': known names, each once, in the order given."""
+    names = [n.strip().lower() for n in str(value).split(",") if n.strip()]
+    unknown = [n for n in names if n not in EXTRA_LOGGERS]
+    if unknown:
+        raise ConfigError(f"{option}: unknown logger(s) {', '.join(unknown)}: choose from {', '.join(EXTRA_LOGGERS)}")
+    return ",".join(dict.fromkeys(names))
+
+
 # The --help sections of `gpt2es train`.
 DATA, MODEL, BUDGET, OPTIM, DEVICE, WATCH = (
     "Data and run", "Model", "Budget", "Optimizer", "Device and precision", "Evaluation, logs, checkpoints",
@@ -244,6 +256,10 @@ class TrainConfig:
     """Write last.pth every N steps (and always at the end); 0: only at the end."""
     keep_last: int = setting(0, ge=0, le=1 << 20, panel=WATCH)
     """Also keep the newest N numbered checkpoints step-NNNNNNN.pth; 0: none."""
+    log_to: str = setting("", parse=parse_loggers, panel=WATCH,
+                          default_text="metrics.jsonl and loss.png only")
+    """More loggers beside metrics.jsonl and loss.png, comma-separated: tensorboard (event files in
+    RUN/tensorboard; pip install 'gpt2es[tensorboard]'), csv (RUN/metrics.csv)."""
 
     def problems(self, world_size: int = 1) -> list[str]:
         """Every problem with these settings, in words a user can act on (fields, then cross-field rules)."""

@@ -105,7 +105,7 @@ def train(
         precision = replace(precision, device=parallel.local_device(precision.device))
         plan = plan_run(config, world_size=parallel.world_size, resume=resume, force=force)
         parallel.barrier()  # every process has checked the run before the main one writes anything
-        listeners = [*run_loggers(), *subscribers] if parallel.is_main else []
+        listeners = [*run_loggers(plan.config.log_to), *subscribers] if parallel.is_main else []
         trainer = _Trainer(plan, precision, parallel, listeners, clock, started)
         summary = trainer.run()
         parallel.barrier()  # leave together: a process whose peer already tore down its group can abort at exit

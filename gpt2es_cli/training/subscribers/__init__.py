@@ -21,15 +21,21 @@ REGISTRY: dict[str, str] = {
     "jsonl": ".jsonl:MetricsFile",  # metrics.jsonl, one record per line
     "plot": ".plot:LossPlot",  # loss.png
 }
-"""The run's loggers: name -> "module:Class" (a leading dot: a module of this package)."""
+"""Every run's loggers: name -> "module:Class" (a leading dot: a module of this package)."""
+OPTIONAL: dict[str, str] = {
+    "tensorboard": ".tensorboard_log:TensorBoardLog",  # RUN/tensorboard event files
+    "csv": ".csv_log:CsvLog",  # RUN/metrics.csv
+}
+"""The loggers --log-to adds: name -> "module:Class"."""
 
 
 def create(name: str) -> Subscriber:
     """A new instance of the logger registered as `name`."""
-    module, _, cls = REGISTRY[name].partition(":")
+    module, _, cls = {**REGISTRY, **OPTIONAL}[name].partition(":")
     return getattr(importlib.import_module(module, __name__), cls)()
 
 
-def run_loggers() -> list[Subscriber]:
-    """One instance of every registered logger, in registration order."""
-    return [create(name) for name in REGISTRY]
+def run_loggers(extra: str = "") -> list[Subscriber]:
+    """One instance of every registered logger, in registration order, then those `extra` names
+    (--log-to: comma-separated)."""
+    return [create(name) for name in [*REGISTRY, *(n for n in extra.split(",") if n)]]
