@@ -412,6 +412,28 @@ def test_the_header_says_which_budget_sets_the_steps(dataset, tmp_path, monkeypa
     assert "warmup 5% of the steps" in header(fitting)
 
 
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_live_panel_fits_the_terminal_and_keeps_the_bar_on_its_own_line(monkeypatch, width):
+    import re
+
+    from gpt2es_cli.cli import train_display as train_cli
+
+    out = StringIO()
+    monkeypatch.setattr(train_cli, "console", Console(file=out, force_terminal=True, width=width, color_system=None))
+    display = train_cli.TrainDisplay(live=True)
+    with display:
+        display(StepReport(step=50, total_steps=60, loss=4.2544, smoothed_loss=4.4130, lr=1e-4, grad_norm=3.412,
+                           tokens_seen=102400, epoch=0.1, tokens_per_second=1234.0, mfu=0.42, elapsed=3.0, eta=3.0,
+                           grad_clip=1.62, clipped=2))
+    final = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue()).splitlines()
+    panel = [line for line in final if line.strip()][-4:]  # the last frame: bar, then three rows of figures
+    assert all(len(line) <= width for line in panel), panel
+    assert "━" in panel[0] and "83.3%" in panel[0] and "step" not in panel[0]
+    text = "\n".join(panel)
+    for piece in ("step 50/60", "loss 4.2544", "grad 3.412 (2 clipped at 1.6)", "1,234 tok/s", "eta 0:00:03"):
+        assert piece in text, (piece, panel)
+
+
 def test_live_display_renders_on_a_terminal(monkeypatch):
     from gpt2es_cli.cli import train_display as train_cli
 

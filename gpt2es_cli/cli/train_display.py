@@ -191,13 +191,15 @@ class TrainDisplay:
         what = f"resuming at step {s.start_step}" if s.start_step else "new run"
         init = f", from {c.init_from}" if c.init_from else ""
         procs = f" x {s.world_size} processes" if s.world_size > 1 else ""
-        return (
+        accumulation = f"{s.accum_steps} accumulation step{'s' if s.accum_steps != 1 else ''}"
+        return (  # short lines: each fits 80 columns but for long paths and the auto choices below
             f"[bold]gpt2es train[/] -> {escape(str(s.run_dir))} ({what}{escape(init)})\n"
-            f"model {s.num_parameters / 1e6:.2f}M parameters | data {escape(c.data)} ({fmt.count(s.train_tokens)} tokens) | "
-            f"{s.device}{procs}, {s.precision}{', compiled' if c.compile else ''}\n"
-            f"batch {c.global_batch} x {c.seq_len} = {s.tokens_per_step:,} tokens/step "
-            f"({c.batch_size} per pass, {s.accum_steps} accumulation step(s)) | {_steps_words(s)} | "
-            f"lr {c.peak_lr:g} {c.schedule}, warmup "
+            f"model {s.num_parameters / 1e6:.2f}M parameters | {s.device}{procs}, {s.precision}"
+            f"{', compiled' if c.compile else ''}\n"
+            f"data {escape(c.data)} ({fmt.count(s.train_tokens)} tokens)\n"
+            f"batch {c.global_batch} x {c.seq_len} = {s.tokens_per_step:,} tokens/step ({c.batch_size} per pass, "
+            f"{accumulation})\n"
+            f"{_steps_words(s)} | lr {c.peak_lr:g} {c.schedule}, warmup "
             + (f"{s.warmup_steps}" if s.warmup_steps is not None else "5% of the steps")
             + (f"\n{_size_choice_line(s)}" if s.size_choice is not None else "")
             + (f"\n{_batch_choice_line(s)}" if s.batch_choice is not None else "")
@@ -221,14 +223,16 @@ class TrainDisplay:
             parts.append(self._eval_table(rows, len(self.evals) - len(rows)))
         r = self.last
         if r is not None:
-            parts.append(ProgressBar(total=r.total_steps, completed=r.step, width=60))
+            bar = Table.grid(padding=(0, 1))  # a line of its own: a bare ProgressBar runs into what follows
+            bar.add_row(ProgressBar(total=r.total_steps, completed=r.step, width=50), f"{100 * r.step / r.total_steps:.1f}%")
+            parts.append(bar)
             stats = Table.grid(padding=(0, 2))
-            stats.add_row(
-                f"step [bold]{r.step}[/]/{r.total_steps}", f"loss [bold]{r.loss:.4f}[/]",
-                f"avg {r.smoothed_loss:.4f}", f"lr {r.lr:.2e}", _grad_text(r),
-            )
+            # Three rows of at most four cells: 80 columns hold them whole (no cell wraps).
+            stats.add_row(f"step [bold]{r.step}[/]/{r.total_steps}", f"loss [bold]{r.loss:.4f}[/]",
+                          f"avg {r.smoothed_loss:.4f}", f"lr {r.lr:.2e}")
             speed = [f"{r.tokens_per_second:,.0f} tok/s"] + ([f"mfu {100 * r.mfu:.1f}%"] if r.mfu is not None else [])
-            stats.add_row(*speed, f"epoch {r.epoch:.2f}", f"elapsed {fmt.clock(r.elapsed)}", f"eta {fmt.clock(r.eta)}")
+            stats.add_row(_grad_text(r), *speed)
+            stats.add_row(f"epoch {r.epoch:.2f}", f"elapsed {fmt.clock(r.elapsed)}", f"eta {fmt.clock(r.eta)}")
             parts.append(stats)
         return Group(*parts)
 
