@@ -1,8 +1,9 @@
 """Open whatever path the user gave: the one place that decides what a path on the command line is.
 
-    CHECKPOINT        a gpt2es .pth file, a run directory (its best.pth, else last.pth), or a
-                      local Hugging Face GPT-2 directory (config.json); none given means the
-                      newest run under runs/ (`default_checkpoint`)
+    CHECKPOINT        a gpt2es .pth file, a run directory (its best.pth, else last.pth), a
+                      local Hugging Face GPT-2 directory (config.json), or a Hub model id
+                      (owner/name[@revision], hub.py); none given means the newest run under
+                      runs/ (`default_checkpoint`)
     tokenizer source  a tokenizer.json, a tokenizer directory (tokenizer.json or vocab.json +
                       merges.txt), a prepared dataset, or anything a CHECKPOINT may be
     data directory    a prepared dataset (meta.json); for `eval` with none given, the dataset
@@ -19,10 +20,12 @@ from pathlib import Path
 
 import torch
 
+from gpt2es_cli import hub
 from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint
 from gpt2es_cli.data.dataset import PreparedDataset
 from gpt2es_cli.errors import CheckpointError, DataError
 from gpt2es_cli.hf import load_hf_checkpoint
+from gpt2es_cli.hub import is_hub_id
 from gpt2es_cli.tokenizer import Tokenizer
 
 RUNS_DIR = Path("runs")
@@ -65,7 +68,10 @@ def run_checkpoint(run_dir: Path) -> Path | None:
 
 
 def checkpoint_path(path: str | Path) -> Path:
-    """The .pth file or Hugging Face directory a CHECKPOINT argument names."""
+    """The .pth file or Hugging Face directory a CHECKPOINT argument names (a Hub model id, such as
+    DeepESP/gpt2-spanish[@revision], names its snapshot in the local cache, fetched if need be)."""
+    if is_hub_id(path):
+        return hub.snapshot(str(path))
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path")
@@ -91,16 +97,17 @@ def open_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def open_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer of anything that has one: a tokenizer.json or tokenizer directory, a
-    prepared dataset, a gpt2es checkpoint or run directory, or a Hugging Face directory."""
+    prepared dataset, a gpt2es checkpoint or run directory, a Hugging Face directory, or a Hub model
+    id (only its tokenizer files are fetched)."""
+    if is_hub_id(path):
+        path = hub.snapshot(str(path), hub.TOKENIZER_FILES)
     path = Path(path)
     if is_dataset(path):
         return PreparedDataset.open(path).tokenizer()
     if path.is_file() and path.suffix == ".json":
         return Tokenizer.from_path(path)
-    if path.is_dir() and not is_hf_model(path) and (
-        (path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()
-    ):
-        return Tokenizer.from_path(path)
+    if path.is_dir() and ((path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()):
+        return Tokenizer.from_path(path)  # a tokenizer directory, or a Hugging Face model's own files
     return open_checkpoint(path).tokenizer()
 
 

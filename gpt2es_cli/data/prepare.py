@@ -201,10 +201,17 @@ def _load_tokenizer(choice: str) -> tuple[Tokenizer | None, dict[str, Any]]:
         tok = _cached_gpt2() or Tokenizer.gpt2()
         return tok, {"origin": "gpt2", "vocab_size": tok.vocab_size}
     path = Path(choice).expanduser()
+    from gpt2es_cli.hub import is_hub_id
+
+    if is_hub_id(choice):  # a Hub model's tokenizer (its files only, from the cache first)
+        from gpt2es_cli.artifacts import open_tokenizer
+
+        tok = open_tokenizer(choice)
+        return tok, {"origin": "hub", "repo": choice, "vocab_size": tok.vocab_size}
     if not path.exists():
         raise TokenizerError(
-            f"--tokenizer {choice!r} is neither 'train', 'gpt2' nor an existing tokenizer.json, "
-            "tokenizer directory, dataset or checkpoint"
+            f"--tokenizer {choice!r} is neither 'train', 'gpt2', a Hub model id (owner/name) nor an existing "
+            "tokenizer.json, tokenizer directory, dataset or checkpoint"
         )
     from gpt2es_cli.artifacts import open_tokenizer  # imports torch: only when needed
 

@@ -1,0 +1,72 @@
+"""Hugging Face Hub model ids wherever a CHECKPOINT (or a tokenizer source) is accepted.
+
+`DeepESP/gpt2-spanish`, `datificate/gpt2-small-spanish` or `openai-community/gpt2` (optionally
+`@REVISION`: a branch, tag or commit) that is not a local path is resolved with
+`huggingface_hub.snapshot_download`: the local cache first, the Hub only when the files are
+not cached, and never with HF_HUB_OFFLINE=1. Only what gpt2es reads is fetched (config.json,
+the weights, the tokenizer files), and the result is a local snapshot directory, opened like any
+Hugging Face directory (hf.py). Every failure (offline and not cached, an unknown repo or
+revision, no network) is one line saying what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gpt2es_cli.errors import CheckpointError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?$")
+MODEL_FILES = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
+               "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer.json", "tokenizer_config.json",
+               "vocab.json", "merges.txt", "special_tokens_map.json"]
+"""What a snapshot fetches: a model's config, weights and tokenizer, nothing else (no TF/Flax/ONNX)."""
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"]
+"""What a snapshot for its tokenizer alone fetches."""
+
+
+def is_hub_id(text: str | Path) -> bool:
+    """Whether `text` is `owner/name[@revision]` and no local path of that name exists."""
+    text = str(text)
+    return bool(HUB_ID.match(text)) and not Path(text).exists()
+
+
+def split_id(text: str) -> tuple[str, str | None]:
+    """'owner/name@rev' -> ('owner/name', 'rev'); no revision: None (the main branch)."""
+    repo, _, revision = text.partition("@")
+    return repo, revision or None
+
+
+def snapshot(text: str, files: list[str] | None = None) -> Path:
+    """The local snapshot directory of Hub model `text` (owner/name[@revision]): cached, or fetched;
+    `files`: the patterns to fetch (MODEL_FILES by default)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo, revision = split_id(text)
+    at = f" at revision {revision}" if revision else ""
+    try:
+        return Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=files or MODEL_FILES))
+    except LocalEntryNotFoundError:
+        raise CheckpointError(
+            f"{repo}{at} is not in the Hugging Face cache and the Hub cannot be reached (offline, or no "
+            f"network): download it where there is network (`hf download {repo}`, then copy the cache), or "
+            "pass a local directory"
+        ) from None
+    except GatedRepoError:
+        raise CheckpointError(f"{repo} is gated on the Hub: accept its terms there and log in (`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(
+            f"{repo} is not a model on the Hugging Face Hub (or it is private): check the id, or log in "
+            "with `hf auth login`; a local path of that name does not exist either"
+        ) from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{repo} has no revision {revision!r}: use a branch, tag or commit it has") from None
+    except (OSError, ValueError) as e:  # connection errors, a cache that cannot be written
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot fetch {repo}{at} from the Hugging Face Hub ({first})") from None
