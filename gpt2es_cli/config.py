@@ -256,6 +256,11 @@ class TrainConfig:
     """Write last.pth every N steps (and always at the end); 0: only at the end."""
     keep_last: int = setting(0, ge=0, le=1 << 20, panel=WATCH)
     """Also keep the newest N numbered checkpoints step-NNNNNNN.pth; 0: none."""
+    push_to_hub: str | None = setting(None, panel=WATCH, metavar="OWNER/NAME")
+    """At the end, export the best checkpoint (RUN/hf) and upload it to this Hub model repo, created if
+    needed (a token with write access is checked before training starts)."""
+    push_every_save: bool = setting(False, panel=WATCH)
+    """With --push-to-hub: upload at every save of last.pth too, not only at the end."""
     log_to: str = setting("", parse=parse_loggers, panel=WATCH,
                           default_text="metrics.jsonl and loss.png only")
     """More loggers beside metrics.jsonl and loss.png, comma-separated: tensorboard (event files in

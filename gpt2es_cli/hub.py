@@ -70,3 +70,44 @@ def snapshot(text: str, files: list[str] | None = None) -> Path:
     except (OSError, ValueError) as e:  # connection errors, a cache that cannot be written
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot fetch {repo}{at} from the Hugging Face Hub ({first})") from None
+
+
+# --- pushing ------------------------------------------------------------------------------------
+
+
+def check_push_target(repo_id: str) -> None:
+    """Refuse, before any work, a push that cannot happen: a malformed repo id, no token, offline."""
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if "/" not in repo_id or "@" in repo_id:
+        raise CheckpointError(f"--push-to-hub {repo_id!r}: give a repo id as owner/name (your user or organisation)")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise CheckpointError(f"--push-to-hub {repo_id!r} is not a valid repo id ({str(e).splitlines()[0]})") from None
+    if constants.HF_HUB_OFFLINE:
+        raise CheckpointError(f"--push-to-hub {repo_id}: HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it")
+    if get_token() is None:
+        raise CheckpointError(
+            f"--push-to-hub {repo_id} needs a Hugging Face token with write access: log in with `hf auth login` "
+            "or set HF_TOKEN"
+        )
+
+
+def push_folder(folder: Path, repo_id: str, private: bool = False, message: str = "Upload from gpt2es") -> str:
+    """Create `repo_id` if needed (a model repo) and upload `folder` to it; return the repo's URL.
+    Every failure is one line saying the local folder is intact."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message=message)
+    except Exception as e:  # HTTP, network, permission, rate limits: one line, the export stays
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"could not upload {folder} to {repo_id} ({first}); the local copy is intact: retry with "
+            f"`hf upload {repo_id} {folder}` or gpt2es export --push-to-hub"
+        ) from None
+    return str(url)

@@ -48,6 +48,12 @@ def export(
             "with it or vocab.json + merges.txt).",
         ),
     ] = None,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option("--push-to-hub", metavar="OWNER/NAME",
+                     help="Also upload the export to this Hub model repo (created if needed; needs a token)."),
+    ] = None,
+    private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repo private.")] = False,
 ) -> None:
     """Export a checkpoint as a Hugging Face GPT-2 (transformers' AutoModelForCausalLM).
 
@@ -59,6 +65,10 @@ def export(
     from gpt2es_cli.tokenizer import Tokenizer
 
     dtype = dtype_name(parse_dtype(dtype))  # bf16 -> bfloat16, checked before any file is read
+    if push_to_hub is not None:
+        from gpt2es_cli.hub import check_push_target
+
+        check_push_target(push_to_hub)  # no token, offline, a bad id: said before any work
     if out_dir is None:  # one positional: it is OUT_DIR
         checkpoint, out_dir = None, checkpoint
     if out_dir is None:
@@ -72,6 +82,11 @@ def export(
     render(written, dtype, ckpt.model_config)
     if not (written / "tokenizer.json").is_file():
         warn(f"{path} carries no tokenizer, so none was exported: pass --tokenizer to add one")
+    if push_to_hub is not None:
+        from gpt2es_cli.hub import push_folder
+
+        url = push_folder(written, push_to_hub, private=private, message=f"Export of {path} by gpt2es")
+        console.print(f"uploaded to {escape(url)}")
 
 
 def render(out_dir: Path, dtype: str, config: ModelConfig) -> None:

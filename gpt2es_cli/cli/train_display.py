@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -19,6 +20,7 @@ from gpt2es_cli.checkpoint import Checkpoint
 from gpt2es_cli.cli import fmt
 from gpt2es_cli.cli.app import console, err_console, fail, warn
 from gpt2es_cli.config import TrainConfig
+from gpt2es_cli.errors import CheckpointError, Gpt2esError
 from gpt2es_cli.training import (
     Event,
     Recovery,
@@ -275,14 +277,54 @@ def _render_summary(s: TrainSummary) -> None:
         console.print(f"sample with: gpt2es sample {escape(str(sample_from))}", soft_wrap=True)
 
 
+class HubPush:
+    """--push-to-hub: export the run's best checkpoint to RUN/hf and upload it, at the end (and with
+    --push-every-save after each save of last.pth; a failed upload then is a warning, the run goes on)."""
+
+    def __init__(self, repo_id: str, every_save: bool):
+        self.repo_id = repo_id
+        self.every_save = every_save
+        self.run_dir: Path | None = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, TrainStart):
+            self.run_dir = event.run_dir
+        elif isinstance(event, Saved) and not event.best and self.every_save:
+            try:
+                self.push(f"step {event.step}")
+            except Gpt2esError as e:
+                warn(str(e))
+
+    def push(self, what: str) -> str:
+        from gpt2es_cli.artifacts import open_checkpoint, run_checkpoint
+        from gpt2es_cli.hf import export_hf
+        from gpt2es_cli.hub import push_folder
+
+        assert self.run_dir is not None
+        source = run_checkpoint(self.run_dir)
+        if source is None:
+            raise CheckpointError(f"{self.run_dir} holds no checkpoint to push to {self.repo_id}")
+        folder = export_hf(open_checkpoint(source), self.run_dir / "hf", force=True)
+        return push_folder(folder, self.repo_id, message=f"gpt2es: {source.name} at {what}")
+
+
 def run_training(config: TrainConfig, checkpoint: Checkpoint | None, force: bool) -> None:
     """Train with the live display on the main process (quietly on the others), then render the end."""
     if not is_main_process():  # other torchrun processes: train quietly
         train(config, resume=checkpoint, force=force)
         return
+    pusher = None
+    if config.push_to_hub is not None:
+        from gpt2es_cli.hub import check_push_target
+
+        check_push_target(config.push_to_hub)  # before any training
+        pusher = HubPush(config.push_to_hub, config.push_every_save)
     with TrainDisplay(live=console.is_terminal) as display:
-        summary = train(config, resume=checkpoint, force=force, subscribers=[display])
+        summary = train(config, resume=checkpoint, force=force, subscribers=[display, *([pusher] if pusher else [])])
     _render_summary(summary)
+    if pusher is not None and summary.last_checkpoint is not None:
+        url = pusher.push(f"step {summary.step}")  # a failure is one line; the run and RUN/hf stay
+        console.print(f"uploaded {escape(str(summary.run_dir / 'hf'))} to {escape(url)}", soft_wrap=True)
     if summary.stop_reason == "diverged" and summary.last_checkpoint is None:
         raise fail(
             f"the loss was not finite before its first good step ({config.nan_retries} rollbacks), so nothing "
