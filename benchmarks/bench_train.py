@@ -192,6 +192,59 @@ def bench_rss(args: argparse.Namespace) -> None:
             print(f"  train.bin {size_mb:>8.1f} MB ({tokens:>12,} tokens): peak RSS {rss_kb / 1024:.0f} MB")
 
 
+VARIANTS = {
+    "learned": {},
+    "sinusoidal": {"position": "sinusoidal"},
+    "rope": {"position": "rope"},
+    "untied head": {"tie_word_embeddings": False},
+}
+"""The model options `--variants` times against the plain (learned, tied) model."""
+
+
+def bench_variants(args: argparse.Namespace) -> None:
+    """Training steps of our model with each option of VARIANTS, interleaved in one process, as
+    tokens per second and as a ratio to `learned` (the step's cost of the option)."""
+    device = torch.device(args.device)
+    T = args.seq_len or ModelConfig.from_preset(args.preset).n_positions
+    x_full = torch.randint(0, args.vocab, (args.batch, T + 1), device=device)
+    x, y = x_full[:, :-1].contiguous(), x_full[:, 1:].contiguous()
+    settings = TrainConfig(lr=1e-4, weight_decay=0.1, optimizer="adamw")
+    models, optimizers = {}, {}
+    for name, fields in VARIANTS.items():
+        torch.manual_seed(0)
+        model = GPT2(ModelConfig.from_preset(args.preset, vocab_size=args.vocab, **fields)).to(device).train()
+        models[name], optimizers[name] = (torch.compile(model) if args.compile else model), build_optimizer(model, settings)
+    amp = args.precision == "bf16"
+
+    def step(name: str) -> float:
+        sync(device)
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = compute_loss(models[name], x, y)
+        loss.backward()
+        optimizers[name].step()
+        optimizers[name].zero_grad(set_to_none=True)
+        sync(device)
+        return time.perf_counter() - t
+
+    for name in models:
+        for _ in range(args.warmup):
+            step(name)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.steps):
+        for name in models:  # interleaved: every option sees the same machine
+            times[name].append(step(name))
+    tokens = args.batch * T
+    base = statistics.median(times["learned"])
+    print(f"\nmodel options, preset {args.preset}, batch {args.batch} x {T}, {'bf16' if amp else 'fp32'}, "
+          f"median of {args.steps} interleaved steps:")
+    print("| option | tokens/s | step vs learned |")
+    print("|---|---:|---:|")
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        print(f"| {name} | {tokens / median:,.0f} | {median / base:.3f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
@@ -209,12 +262,16 @@ def main() -> None:
     parser.add_argument("--rss-tokens", type=lambda s: [int(float(v)) for v in s.split(",")],
                         default=[1_000_000, 200_000_000])
     parser.add_argument("--no-speed", action="store_true", help="skip the speed comparison")
+    parser.add_argument("--variants", action="store_true",
+                        help="also time our model with each position encoding and the untied head against learned")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not args.no_speed:
         bench_speed(args)
+    if args.variants:
+        bench_variants(args)
     if args.rss:
         bench_rss(args)
     print(f"\n(peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
