@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from gpt2es_cli import __version__
@@ -122,3 +123,14 @@ def test_inspect_corrupt_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint at all" * 10)
     r = invoke("inspect", bad)
     assert r.exit_code == 1 and "truncated or corrupt" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["prepare", "train", "sample", "eval", "inspect", "export"])
+def test_every_command_help_has_examples_and_flags_take_no_metavar(name):
+    result = runner.invoke(app, [name, "--help"], terminal_width=120)
+    assert result.exit_code == 0
+    examples = result.stdout.split("Examples:")[-1]
+    assert "Examples:" in result.stdout and examples.count(f"gpt2es {name}") >= 3
+    flag_lines = [line for line in result.stdout.splitlines() if "<bool>" in line]
+    assert all("--help" in line for line in flag_lines), flag_lines  # only Typer's own --help keeps it
+    assert "--no-no-" not in result.stdout

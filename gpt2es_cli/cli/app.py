@@ -80,7 +80,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show the full traceback when something fails.")
+        bool, typer.Option("--debug", metavar="", help="Show the full traceback when something fails.")
     ] = False,
     version: Annotated[
         bool,

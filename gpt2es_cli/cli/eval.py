@@ -26,7 +26,7 @@ from gpt2es_cli.evaluate import EvalResult, EvalText, evaluate_ids
 from gpt2es_cli.inference import load_model
 
 
-@command("eval")
+@command("eval", epilog='Examples:\n\n  gpt2es eval\n\n  gpt2es eval runs/demo runs/books --data data/books\n\n  gpt2es eval runs/rope/best.pth --text libro.txt --context 512')
 @settings_options(EvalConfig)
 def evaluate(
     given: dict[str, Any],
@@ -59,8 +59,8 @@ def evaluate(
     quantize: Annotated[
         str, typer.Option(help="none, or int8: int8 weights (per channel, bfloat16 activations).")
     ] = "none",
-    amp: Annotated[bool, typer.Option(help="Shorthand for --dtype auto.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    amp: Annotated[bool, typer.Option("--amp", metavar="", help="Shorthand for --dtype auto.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Validation loss, perplexity and bits per byte; several checkpoints give one table.
 

@@ -14,7 +14,7 @@ from gpt2es_cli.cli.app import CHECKPOINT_HELP, command, console, note, warn
 from gpt2es_cli.config import ModelConfig
 
 
-@command("export")
+@command("export", epilog='Examples:\n\n  gpt2es export demo-hf\n\n  gpt2es export runs/demo/best.pth demo-hf --dtype bf16\n\n  gpt2es export runs/demo demo-hf --push-to-hub you/gpt2es-demo')
 def export(
     checkpoint: Annotated[
         Path | None,
@@ -34,7 +34,7 @@ def export(
         ),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Replace OUT_DIR if it holds a previous export.")
+        bool, typer.Option("--force", metavar="", help="Replace OUT_DIR if it holds a previous export.")
     ] = False,
     dtype: Annotated[
         str,
@@ -53,7 +53,7 @@ def export(
         typer.Option("--push-to-hub", metavar="OWNER/NAME",
                      help="Also upload the export to this Hub model repo (created if needed; needs a token)."),
     ] = None,
-    private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create the repo private.")] = False,
+    private: Annotated[bool, typer.Option("--private", metavar="", help="With --push-to-hub: create the repo private.")] = False,
 ) -> None:
     """Export a checkpoint as a Hugging Face GPT-2 (transformers' AutoModelForCausalLM).
 

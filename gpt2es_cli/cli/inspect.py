@@ -32,19 +32,19 @@ def key_value_table(title: str, rows: dict[str, Any]) -> Table:
     return table
 
 
-@command("inspect")
+@command("inspect", epilog='Examples:\n\n  gpt2es inspect runs/demo\n\n  gpt2es inspect data/demo --verify\n\n  gpt2es inspect runs/demo --tokenizer --text "¿Qué tal, señor?"')
 def inspect(
     target: Annotated[Path | None, typer.Argument(metavar="TARGET", help=TARGET_HELP, show_default=False)] = None,
     tokenizer: Annotated[
-        bool, typer.Option("--tokenizer", help="Show how --text splits into tokens with TARGET's tokenizer.")
+        bool, typer.Option("--tokenizer", metavar="", help="Show how --text splits into tokens with TARGET's tokenizer.")
     ] = False,
     text: Annotated[str, typer.Option(help="Text for --tokenizer.")] = "Había una vez una niña que soñaba con el mar.",
     seed: Annotated[int, typer.Option(help="Seed for the random window shown from a dataset.")] = 0,
     verify: Annotated[
         bool,
-        typer.Option(help="For a dataset: recompute the token files' checksums (exit 1 if any differs from meta.json)."),
+        typer.Option("--verify", metavar="", help="For a dataset: recompute the token files' checksums (exit 1 if any differs from meta.json)."),
     ] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show what is inside a checkpoint or a prepared dataset, or how a tokenizer splits text."""
     if not 0 <= seed <= 2**63 - 1:

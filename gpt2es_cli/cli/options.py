@@ -55,7 +55,7 @@ def _parameter(cls: type, f: Field) -> inspect.Parameter:
         help=help_text,
         show_default=_shown_default(f),
         rich_help_panel=spec.panel,
-        metavar=spec.metavar,
+        metavar=spec.metavar if spec.metavar is not None else ("" if kind is bool else None),  # flags take no value
     )
     default = None if f.default is MISSING or spec.default_text else f.default
     if default is not None and kind is str:

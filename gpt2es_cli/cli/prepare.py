@@ -117,7 +117,7 @@ def render_result(result: PrepareResult) -> None:
             console.print(table)
 
 
-@command("prepare")
+@command("prepare", epilog='Examples:\n\n  gpt2es prepare\n\n  gpt2es prepare --dataset oscar --max-bytes 2GB\n\n  gpt2es prepare -d libros/ --txt-mode file -o data/libros')
 @settings_options(PrepareConfig)
 def prepare_command(given: dict[str, Any]) -> None:
     """Clean, deduplicate, split and tokenize a corpus into train.bin, val.bin, tokenizer.json, meta.json.

@@ -36,7 +36,7 @@ def read_prompt_file(path: Path) -> str:
         ) from None
 
 
-@command("sample")
+@command("sample", epilog='Examples:\n\n  gpt2es sample --prompt "Había una vez"\n\n  gpt2es sample runs/demo -n 4 --temperature 0.7 --top-p 0.9\n\n  gpt2es sample DeepESP/gpt2-spanish --quantize int8 -i')
 @settings_options(GenerationConfig)
 def sample(
     given: dict[str, Any],
@@ -57,9 +57,9 @@ def sample(
         str,
         typer.Option(help="none, or int8: int8 weights (per channel, bf16 activations), ~4x less to read per token."),
     ] = "none",
-    no_cache: Annotated[bool, typer.Option(help="Re-encode the whole context each step (slow; for checks).")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the samples as JSON instead of streaming.")] = False,
-    interactive: Annotated[bool, typer.Option("--interactive", "-i", help="Ask for prompts in a loop (Ctrl-D quits).")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", metavar="", help="Re-encode the whole context each step (slow; for checks).")] = False,
+    json_output: Annotated[bool, typer.Option("--json", metavar="", help="Print the samples as JSON instead of streaming.")] = False,
+    interactive: Annotated[bool, typer.Option("--interactive", "-i", metavar="", help="Ask for prompts in a loop (Ctrl-D quits).")] = False,
 ) -> None:
     """Generate text from a checkpoint (default: the newest run under runs/), streamed token by token."""
     config = GenerationConfig.from_dict(given)

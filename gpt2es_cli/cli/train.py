@@ -18,13 +18,13 @@ from gpt2es_cli.settings import load_config_file
 from gpt2es_cli.training import load_resume_checkpoint, resume_config
 
 
-@command("train")
+@command("train", epilog='Examples:\n\n  gpt2es train --batch-size 8 --amp\n\n  gpt2es train -d data/libros --amp --max-time 15m\n\n  gpt2es train --resume runs/libros --max-time 30m')
 @settings_options(TrainConfig)
 def train_command(
     given: dict[str, Any],
     config_file: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML or YAML file of settings (keys: the names of these options with underscores, e.g. batch_size); options given here win.", rich_help_panel=DATA)] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue a run: its directory (last.pth) or a checkpoint file.", rich_help_panel=DATA)] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace the run already in --out.", rich_help_panel=DATA)] = False,
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Replace the run already in --out.", rich_help_panel=DATA)] = False,
 ) -> None:
     """Train a GPT-2 model on a prepared dataset into a run directory.
 
