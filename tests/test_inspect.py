@@ -126,3 +126,21 @@ def test_verify_a_damaged_dataset_fails_in_one_line(tmp_path, tiny_tokenizer):
 def test_verify_is_for_datasets(tiny_checkpoint):
     r = runner.invoke(app, ["inspect", str(tiny_checkpoint), "--verify"])
     assert r.exit_code == 1 and "--verify checks a prepared dataset" in r.stderr
+
+
+def test_inspect_a_run_directory_shows_the_run_from_last_pth(train_dataset, tmp_path):
+    import json as json_module
+
+    from conftest import tiny_run
+    from typer.testing import CliRunner
+
+    from gpt2es_cli.cli import app
+    from gpt2es_cli.training import train
+
+    train(tiny_run(train_dataset, tmp_path / "run", max_steps=4, eval_interval=2))
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "run")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "last.pth" in result.stdout and "best.pth" in result.stdout and "at step" in result.stdout
+    shown = json_module.loads(CliRunner().invoke(app, ["inspect", str(tmp_path / "run"), "--json"]).stdout)
+    assert shown["path"].endswith("last.pth") and shown["training"]["evals"]  # the history is there
+    assert shown["run"]["best"].endswith("best.pth")

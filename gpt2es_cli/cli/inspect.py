@@ -76,7 +76,16 @@ def inspect(
         return
     if verify:
         raise ConfigError(f"--verify checks a prepared dataset's token files, and {path} is not a dataset (no meta.json)")
-    summary = open_checkpoint(path).summary()
+    run_dir = Path(path) if Path(path).is_dir() and (Path(path) / "last.pth").is_file() else None
+    if run_dir is not None:  # a run: its history is in last.pth (best.pth holds weights only)
+        summary = open_checkpoint(run_dir / "last.pth").summary()
+        summary["run"] = {
+            "directory": str(run_dir),
+            "last": str(run_dir / "last.pth"),
+            "best": str(run_dir / "best.pth") if (run_dir / "best.pth").is_file() else None,
+        }
+    else:
+        summary = open_checkpoint(path).summary()
     if json_output:
         console.print_json(json.dumps(summary, ensure_ascii=False))
         return
@@ -182,6 +191,16 @@ def render_training(t: dict[str, Any]) -> None:
 
 
 def render_checkpoint(s: dict[str, Any]) -> None:
+    run = s.get("run")
+    if run is not None:
+        best = (s.get("training") or {}).get("best_val")
+        where = f" (val loss {best['val_loss']:.4f} at step {best['step']})" if best and run["best"] else ""
+        console.print(key_value_table("Run", {
+            "directory": run["directory"],
+            "last.pth": f"{run['last']} (weights, training state and history, shown below)",
+            "best.pth": f"{run['best']}{where}" if run["best"] else "none yet",
+        }))
+        console.print()
     console.print(
         key_value_table(
             "Checkpoint",
@@ -203,7 +222,9 @@ def render_checkpoint(s: dict[str, Any]) -> None:
     table.add_column("component")
     table.add_column("parameters", justify="right")
     table.add_column("share", justify="right")
-    for name in ("embeddings", "attention", "feed_forward", "norms"):
+    for name in ("embeddings", "attention", "feed_forward", "norms", "head"):
+        if name not in params:
+            continue
         share = params[name] / params["total"] if params["total"] else 0.0
         table.add_row(name.replace("_", "-"), f"{params[name]:,}", f"{share:.1%}")
     table.add_row("[bold]total[/]", f"[bold]{params['total']:,}[/] ({fmt.count(params['total'])})", "100.0%")
