@@ -144,3 +144,16 @@ def test_inspect_a_run_directory_shows_the_run_from_last_pth(train_dataset, tmp_
     shown = json_module.loads(CliRunner().invoke(app, ["inspect", str(tmp_path / "run"), "--json"]).stdout)
     assert shown["path"].endswith("last.pth") and shown["training"]["evals"]  # the history is there
     assert shown["run"]["best"].endswith("best.pth")
+
+
+def test_piped_tokenizer_view_keeps_token_boundaries(tiny_checkpoint):
+    from typer.testing import CliRunner
+
+    from gpt2es_cli.cli import app
+
+    result = CliRunner().invoke(app, ["inspect", str(tiny_checkpoint), "--tokenizer", "--text", "Hola, señor"])
+    assert result.exit_code == 0, result.output
+    first = result.stdout.splitlines()[0]
+    assert "|" in first and first.replace("|", "").replace("·", " ") == "Hola, señor"
+    id_lines = [line.split() for line in result.stdout.splitlines()[1:] if line.startswith("    ")]
+    assert len(id_lines) == first.count("|") + 1  # one line per token, its id first

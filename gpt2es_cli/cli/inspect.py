@@ -114,14 +114,26 @@ TOKEN_STYLES = ("black on cyan", "black on yellow", "black on green", "black on 
 
 def render_tokens(view: dict[str, Any]) -> None:
     pieces, ids = Text(), Text()
+    colour = console.is_terminal and not console.no_color
     for n, token in enumerate(view["tokens"]):
-        style = TOKEN_STYLES[n % len(TOKEN_STYLES)]
-        # Show spaces and newlines so token boundaries are visible.
-        pieces.append(token["text"].replace(" ", "·").replace("\n", "⏎"), style=style)
-        ids.append(str(token["id"]), style=style)
-        ids.append(" ")
-    console.print(pieces)
-    console.print(ids)
+        style = TOKEN_STYLES[n % len(TOKEN_STYLES)] if colour else ""
+        # Show spaces and newlines so token boundaries are visible; without colour, | between tokens.
+        piece = token["text"].replace(" ", "·").replace("\n", "⏎")
+        if colour:
+            pieces.append(piece, style=style)
+            ids.append(str(token["id"]), style=style)
+            ids.append(" ")
+        else:
+            pieces.append(("|" if n else "") + piece)
+            ids.append(f"{token['id']} ")
+    if not colour:  # piped: one token per line as well, its id beside it
+        console.print(pieces, soft_wrap=True)
+        for token in view["tokens"]:
+            console.print(f"{token['id']:>8}  {token['text'].replace(' ', '·').replace(chr(10), '⏎')}", soft_wrap=True,
+                          markup=False)
+    else:
+        console.print(pieces)
+        console.print(ids)
     per_word = view["tokens_per_word"]
     console.print(
         f"[dim]{view['count']} tokens for {view['characters']} characters ({view['bytes']} bytes): "
