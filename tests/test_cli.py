@@ -105,6 +105,7 @@ def test_interactive_loop(tiny_checkpoint):
     r = invoke("sample", tiny_checkpoint, "-i", "--max-new-tokens", "4", "--seed", "0", input="Había una vez\n\nEl niño\n")
     assert r.exit_code == 0, r.output
     assert "Había una vez" in r.stdout and "El niño" in r.stdout
+    assert r.stdout.endswith("prompt> \n")  # the last prompt's line ends at the end of input
 
 
 def test_inspect_checkpoint(tiny_checkpoint, tiny_model):

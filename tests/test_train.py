@@ -448,3 +448,9 @@ def test_live_display_renders_on_a_terminal(monkeypatch):
     text = out.getvalue()
     for piece in ("3.2000", "1,234 tok/s", "mfu 42.0%", "val loss", "22.20", "best", "sample:"):
         assert piece in text, piece
+
+
+def test_loss_plot_ticks_read_as_counts():
+    from gpt2es_cli.training.subscribers.plot import short_count
+
+    assert [short_count(x) for x in (0, 500, 400_000, 1_200_000, 3e9)] == ["0", "500", "400k", "1.2M", "3G"]

@@ -97,7 +97,7 @@ def sample(
         try:
             text = console.input("[bold cyan]prompt>[/] ")
         except (EOFError, KeyboardInterrupt):
-            err_console.print()
+            console.print()  # end the prompt's line where it was printed (stdout)
             return
         if text.strip():
             run(text)

@@ -30,6 +30,14 @@ class LossPlot:
             plot_loss_curve(self.records, self.path, title=self.title)
 
 
+def short_count(x: float) -> str:
+    """400000 -> '400k', 1200000 -> '1.2M', 3e9 -> '3G' (axis ticks)."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= size:
+            return f"{x / size:.3g}{unit}"
+    return f"{x:.3g}"
+
+
 def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Train loss (raw and smoothed) and val loss against tokens seen, written atomically."""
     import matplotlib
@@ -49,6 +57,9 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") 
             [r["tokens"] for r in val], [r["val_loss"] for r in val],
             color="tab:orange", marker="o", markersize=3, linewidth=1.5, label="val",
         )
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: short_count(x)))  # 400k, 1.2M, not 400000
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats/token)")
     if title:
