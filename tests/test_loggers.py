@@ -76,3 +76,12 @@ def test_a_missing_tensorboard_package_is_one_line_naming_the_extra(train_datase
     with pytest.raises(ConfigError, match=r"pip install 'gpt2es\[tensorboard\]'"):
         train(replace(tiny_run(train_dataset, tmp_path / "run"), log_to="tensorboard"))
     assert not (tmp_path / "run").exists()  # refused before the run directory was made
+
+
+def test_tqdm_progress_follows_the_run(train_dataset, tmp_path, capsys):
+    from gpt2es_cli.training.subscribers.progress import TqdmProgress
+
+    progress = TqdmProgress(disable=False, mininterval=0)
+    train(tiny_run(train_dataset, tmp_path / "run", max_steps=4, eval_interval=2), subscribers=[progress])
+    err = capsys.readouterr().err
+    assert "4/4" in err and "val loss" in err and "loss=" in err
