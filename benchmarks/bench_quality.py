@@ -375,6 +375,21 @@ def ours_result(run: Path) -> dict:
     return {"steps": t.get("step"), "tokens": t.get("tokens_seen"), "seconds": t.get("elapsed")}
 
 
+def score_runs(runs: list[Path]) -> None:
+    """Score finished runs (a crashed benchmark's, say) on the held-out book, one line each."""
+    text = held_out_text()
+    for run in runs:
+        if (run / "result.json").exists():
+            result, (bpb, sample) = json.loads((run / "result.json").read_text()), score_reference(run, text)
+            size = result["size"]
+        else:
+            result, (bpb, sample) = ours_result(run), score_ours(run, text)
+            size = ours_size([], run)
+        print(f"| {run.name} | {size_name(size)} | {result['steps']} | {result['tokens']:,} | {result['seconds']:.0f} | "
+              f"{bpb:.3f} |", flush=True)
+        print(f"    sample: {sample!r}", flush=True)
+
+
 def _lower(row: dict, ref: dict | None) -> str:
     """'33.3% lower': the row's bits per byte against a reference row's."""
     if ref is None or ref is row:
@@ -390,11 +405,20 @@ def main() -> None:
                         help='extra gpt2es rows: "name=--option value ..." (run in pairs)')
     parser.add_argument("--no-reference", action="store_true", help="only the variants, paired with each other")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "gpt2es-bench" / "quality")
+    parser.add_argument("--reference-size", action="append", default=[], metavar="LxW",
+                        help="more nanoGPT reference rows at these sizes (blocks x width, e.g. 2x128)")
+    parser.add_argument("--no-defaults", action="store_true",
+                        help="leave out the gpt2es (defaults) row and its reference (with --variant or --reference-size)")
+    parser.add_argument("--score", nargs="+", type=Path, metavar="RUN",
+                        help="only score these finished runs (gpt2es run directories or reference runs) and print them")
     args = parser.parse_args()
+    if args.score:
+        score_runs(args.score)
+        return
     if not CORPUS.is_dir() or not GPT2_DIR.is_dir():
         sys.exit(f"needs {CORPUS} and {GPT2_DIR} (the shared corpus and GPT-2 tokenizer)")
     budgets = [2.0] if args.quick else [float(m) for m in args.minutes.split(",")]
-    variants = [("gpt2es (defaults)", [])] if not args.no_reference else []
+    variants = [("gpt2es (defaults)", [])] if not (args.no_reference or args.no_defaults) else []
     for v in args.variant:
         name, _, opts = v.partition("=")
         variants.append((f"gpt2es {name}", opts.split()))
@@ -407,9 +431,13 @@ def main() -> None:
     for minutes in budgets:
         # Each entry: (row name, gpt2es options) or (row name, None, the reference's model size).
         queue: list[tuple] = list(variants)
-        if not args.no_reference:
-            base = ours_size(variants[0][1]) if variants else ours_size([])
+        base = ours_size(variants[0][1]) if variants else ours_size([])
+        if not args.no_reference and not args.no_defaults:
             queue.insert(1, (f"nanoGPT reference {size_name(base)}", None, base))
+        for size in args.reference_size:  # e.g. 2x128: 64-wide heads, the context of small
+            layers, width = (int(v) for v in size.lower().split("x"))
+            extra = {"n_layer": layers, "n_head": max(1, width // 64), "n_embd": width, "n_positions": 256}
+            queue.insert(0, (f"nanoGPT reference {size_name(extra)}", None, extra))
         done: dict[str, Path] = {}
         while queue:
             pair, queue = queue[:2], queue[2:]

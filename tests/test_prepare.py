@@ -235,7 +235,7 @@ def test_lossy_tokenizer_is_refused(tmp_path, corpus):
     with pytest.raises(TokenizerError, match="cannot reproduce the text exactly"):
         prepare(resolve_source(str(path)), options(tmp_path / "out", tokenizer=str(tmp_path / "words.json")))
     assert leftovers(tmp_path) == []
-    with pytest.raises(TokenizerError, match="neither 'train', 'gpt2' nor"):
+    with pytest.raises(TokenizerError, match="neither 'train', 'gpt2', a Hub model id"):
         prepare(resolve_source(str(path)), options(tmp_path / "out", tokenizer="nope.json"))
 
 
