@@ -167,8 +167,7 @@ def choose_model_size(config: TrainConfig, vocab_size: int, dropout: float,
 
 def _model_fields(config: TrainConfig) -> dict[str, object]:
     """The model settings of the run that are not its size: head, position encoding."""
-    fields = {k: v for k, v in config.model_overrides().items() if k in ("tie_word_embeddings", "position", "rope_theta")}
-    return fields
+    return {k: v for k, v in config.model_overrides().items() if k in ("tie_word_embeddings", "position", "rope_theta")}
 
 
 def measure_training_speed(model_config: ModelConfig, config: TrainConfig, seq_len: int, batch_size: int,
