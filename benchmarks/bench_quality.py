@@ -422,6 +422,10 @@ def main() -> None:
     for v in args.variant:
         name, _, opts = v.partition("=")
         variants.append((f"gpt2es {name}", opts.split()))
+    # Everything scoring uses is imported now: editing the package while runs train must not change it.
+    import gpt2es_cli.checkpoint, gpt2es_cli.config, gpt2es_cli.generate, gpt2es_cli.model  # noqa: F401, E401
+    import gpt2es_cli.inference, gpt2es_cli.tokenizer  # noqa: F401, E401
+
     ours_data, ref_data = prepare_data(args.work)
     text = held_out_text()
     print(f"held-out book: {HELD_OUT} ({len(text.encode()):,} bytes); machine: {os.cpu_count()} cores, "

@@ -123,7 +123,7 @@ OPTIMIZERS = ("adamw", "muon")
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_positions", "dropout", "position", "rope_theta")
 """TrainConfig fields that override the preset's ModelConfig."""
 
-EXTRA_LOGGERS = ("tensorboard", "csv")
+EXTRA_LOGGERS = ("tensorboard", "wandb", "csv")
 
 
 def parse_loggers(value: object, option: str = "--log-to") -> str:
@@ -264,7 +264,12 @@ class TrainConfig:
     log_to: str = setting("", parse=parse_loggers, panel=WATCH,
                           default_text="metrics.jsonl and loss.png only")
     """More loggers beside metrics.jsonl and loss.png, comma-separated: tensorboard (event files in
-    RUN/tensorboard; pip install 'gpt2es[tensorboard]'), csv (RUN/metrics.csv)."""
+    RUN/tensorboard; pip install 'gpt2es[tensorboard]'), wandb (Weights & Biases; WANDB_MODE=offline logs
+    to RUN/wandb; pip install 'gpt2es[wandb]'), csv (RUN/metrics.csv)."""
+    wandb_project: str | None = setting(None, panel=WATCH, default_text="gpt2es")
+    """With --log-to wandb: the W&B project."""
+    wandb_name: str | None = setting(None, panel=WATCH, default_text="the run directory's name")
+    """With --log-to wandb: the W&B run's display name."""
 
     def problems(self, world_size: int = 1) -> list[str]:
         """Every problem with these settings, in words a user can act on (fields, then cross-field rules)."""

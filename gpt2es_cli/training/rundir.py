@@ -21,11 +21,11 @@ import os
 import shutil
 from pathlib import Path
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "best.pth", "loss.png")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "best.pth", "loss.png", "wandb-run.json")
 CHECKPOINT_FILES = ("last.pth", "best.pth")
 ASIDE = ".gpt2es-previous"
 """The hidden directory that holds what an invocation replaced until it has saved."""
-REWRITTEN = ("config.yaml", "metrics.jsonl", "loss.png", "best.pth")
+REWRITTEN = ("config.yaml", "metrics.jsonl", "loss.png", "best.pth", "wandb-run.json")
 """The files a resumed run may replace before it writes last.pth (each by an atomic rename)."""
 MOVED_MARK = "moved"
 """A file in ASIDE saying its files were moved (a new run), not copied (a resumed one)."""

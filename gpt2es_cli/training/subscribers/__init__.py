@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {
 """Every run's loggers: name -> "module:Class" (a leading dot: a module of this package)."""
 OPTIONAL: dict[str, str] = {
     "tensorboard": ".tensorboard_log:TensorBoardLog",  # RUN/tensorboard event files
+    "wandb": ".wandb_log:WandbLog",  # Weights & Biases (RUN/wandb offline)
     "csv": ".csv_log:CsvLog",  # RUN/metrics.csv
 }
 """The loggers --log-to adds: name -> "module:Class"."""
