@@ -23,7 +23,7 @@ import torch
 from gpt2es_cli import hub
 from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint
 from gpt2es_cli.data.dataset import PreparedDataset
-from gpt2es_cli.errors import CheckpointError, DataError
+from gpt2es_cli.errors import CheckpointError, ConfigError, DataError
 from gpt2es_cli.hf import load_hf_checkpoint
 from gpt2es_cli.hub import is_hub_id
 from gpt2es_cli.tokenizer import Tokenizer
@@ -131,10 +131,15 @@ def default_checkpoint(runs_dir: str | Path = RUNS_DIR) -> Chosen:
     return Chosen(chosen, f"the newest run under {runs_dir}/")
 
 
-def checkpoint_or_default(path: str | Path | None, runs_dir: str | Path = RUNS_DIR) -> tuple[Path, Chosen | None]:
-    """The CHECKPOINT argument as given, or the default one (then also returned as a Chosen)."""
+def checkpoint_or_default(
+    path: str | Path | None, runs_dir: str | Path = RUNS_DIR, revision: str | None = None
+) -> tuple[Path, Chosen | None]:
+    """The CHECKPOINT argument as given (a Hub id at `revision`, --revision), or the default one
+    (then also returned as a Chosen)."""
     if path is not None:
-        return Path(path), None
+        return Path(hub.with_revision(path, revision)), None
+    if revision is not None:
+        raise ConfigError("--revision is for a Hugging Face Hub model id given as CHECKPOINT: name one")
     chosen = default_checkpoint(runs_dir)
     return chosen.path, chosen
 

@@ -182,7 +182,9 @@ class TrainConfig:
     """A separate output projection instead of sharing the token embedding (exported with
     tie_word_embeddings false); it adds vocabulary x width parameters."""
     init_from: str | None = setting(None, panel=MODEL)
-    """Start from a checkpoint, run directory or Hugging Face GPT-2 directory (fine-tuning)."""
+    """Start from a checkpoint, run directory, Hugging Face GPT-2 directory or Hub model id (fine-tuning)."""
+    revision: str | None = setting(None, panel=MODEL, metavar="REV", default_text="main")
+    """Branch, tag or commit of a Hub model id given to --init-from."""
     max_steps: int | None = setting(None, ge=1, le=_BIG, panel=BUDGET)
     """Stop after this many optimizer steps."""
     max_tokens: int | None = setting(None, ge=1, le=10**18, panel=BUDGET)
@@ -281,6 +283,8 @@ class TrainConfig:
             and self.min_lr > self.lr
         ):
             found.append(f"--min-lr ({self.min_lr:g}) must not exceed --lr ({self.lr:g})")
+        if self.revision is not None and not self.init_from:
+            found.append("--revision is for a Hub model id given to --init-from: add --init-from owner/name or drop it")
         per_pass = self.batch_size * world_size if isinstance(self.batch_size, int) and self.batch_size > 0 else None
         if isinstance(self.global_batch, int) and self.global_batch > 0 and per_pass and self.global_batch % per_pass:
             fit = max(per_pass, self.global_batch // per_pass * per_pass)
@@ -335,8 +339,9 @@ class PrepareConfig:
 
     Like TrainConfig, each field is one setting (option, --help, check)."""
 
-    dataset: str = setting("demo", short="-d", panel=SOURCE)
-    """demo, wikipedia, oscar, a Hub dataset owner/name, or a local file, glob or directory (see above)."""
+    dataset: tuple[str, ...] = setting(("demo",), short="-d", panel=SOURCE, metavar="SRC[:WEIGHT]")
+    """demo, wikipedia, oscar, a Hub dataset owner/name, or a local file, glob or directory (see above).
+    Repeat it to mix sources in proportions of bytes, e.g. -d wikipedia:0.7 -d libros/:0.3."""
     out: Path | None = setting(None, short="-o", panel=OUTPUT, default_text="data/<dataset name>")
     """Output directory."""
     subset: str | None = setting(None, aliases=("--config",), panel=SOURCE)
@@ -360,6 +365,8 @@ class PrepareConfig:
     fine-tune that checkpoint with --init-from)."""
     vocab_size: int = setting(32768, ge=257, le=2**32, panel=TOKENIZER)
     """Vocabulary size of a trained tokenizer (at least 257: 256 bytes + <|endoftext|>)."""
+    tokenizer_revision: str | None = setting(None, panel=TOKENIZER, metavar="REV", default_text="main")
+    """Branch, tag or commit of a Hub model id given to --tokenizer."""
     tokenizer_sample_bytes: int = setting(
         100_000_000, ge=1, le=10**15, parse=parse_size, metavar="SIZE", panel=TOKENIZER, default_text="100MB"
     )
@@ -379,17 +386,24 @@ class PrepareConfig:
     force: bool = setting(False, panel=OUTPUT)
     """Replace an existing dataset at --out."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.dataset, str):  # PrepareConfig(dataset="books/"): one source
+            object.__setattr__(self, "dataset", (self.dataset,))
+
     def problems(self) -> list[str]:
         return field_problems(self)
 
     @property
     def output_dir(self) -> Path:
-        """--out, or data/<a name derived from the dataset>."""
+        """--out, or data/<a name derived from the dataset> (names joined by '-' for a mixture)."""
         if self.out is not None:
             return Path(self.out)
-        base = re.split(r"[*?\[]", self.dataset)[0].rstrip("/")  # a glob: the folder it searches
-        stem = Path(base).name.split(".")[0] or "dataset"
-        return Path("data") / re.sub(r"[^\w-]+", "-", stem)
+        stems = []
+        for value in self.dataset:
+            name = value.rpartition(":")[0] if re.search(r":[\d.eE+-]+$", value) else value  # drop a weight
+            base = re.split(r"[*?\[]", name)[0].rstrip("/")  # a glob: the folder it searches
+            stems.append(re.sub(r"[^\w-]+", "-", Path(base).name.split(".")[0]) or "dataset")
+        return Path("data") / "-".join(stems)
 
     def validate(self) -> PrepareConfig:
         """Raise one ConfigError naming every bad setting."""

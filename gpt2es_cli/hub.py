@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gpt2es_cli.errors import CheckpointError
+from gpt2es_cli.errors import CheckpointError, ConfigError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?$")
 MODEL_FILES = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
@@ -35,6 +35,21 @@ def split_id(text: str) -> tuple[str, str | None]:
     """'owner/name@rev' -> ('owner/name', 'rev'); no revision: None (the main branch)."""
     repo, _, revision = text.partition("@")
     return repo, revision or None
+
+
+def with_revision(text: str | Path, revision: str | None, option: str = "--revision") -> str:
+    """`text` at `revision`: 'owner/name' + 'v2' -> 'owner/name@v2' (`text` unchanged when no
+    revision is given). A revision is for Hub model ids only, and must agree with one in `text`."""
+    if revision is None:
+        return str(text)
+    if not re.fullmatch(r"[\w./-]+", revision):
+        raise ConfigError(f"{option} {revision!r} is not a branch, tag or commit name")
+    if not is_hub_id(text):
+        raise ConfigError(f"{option} is for a Hugging Face Hub model id (owner/name), not {text}: drop it")
+    repo, own = split_id(str(text))
+    if own is not None and own != revision:
+        raise ConfigError(f"{text} names revision {own} and {option} {revision}: give one of them")
+    return f"{repo}@{revision}"
 
 
 def snapshot(text: str, files: list[str] | None = None) -> Path:

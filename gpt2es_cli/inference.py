@@ -47,17 +47,19 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     quantize: str = "none",
+    revision: str | None = None,
 ) -> ReadyModel:
     """Open a CHECKPOINT (None: the newest run under runs/) and make it ready for inference.
 
     `device` is auto/cpu/cuda/mps; `dtype` auto/float32/bfloat16/float16 (bf16/fp16/fp32
     accepted; auto is bfloat16 where it is fast, float32 elsewhere); `quantize` none or int8.
     The options are checked before any file is read. The checkpoint must carry a tokenizer.
+    `revision`: the branch, tag or commit of a Hub model id.
     """
     quantize_mode = check_quantize(quantize)
     target = resolve_device(device)
     inference_dtype = select_inference_dtype(target, dtype, quantize_mode)
-    path, chosen = checkpoint_or_default(path)
+    path, chosen = checkpoint_or_default(path, revision=revision)
     checkpoint = open_checkpoint(path)
     tokenizer = checkpoint.tokenizer()
     model = prepare_for_inference(checkpoint.build_model(target), inference_dtype, quantize_mode)

@@ -166,6 +166,11 @@ def _check_value(name: str, kind: type, spec: Spec, value: Any) -> str | None:
         ):
             return f"{name} must be {_range_text(spec)} (got {_number(value)})"
         return None
+    if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a repeatable text option
+        if not isinstance(value, tuple) or not value:
+            return f"{name} must be given at least once (got {value!r})"
+        bad = [v for v in value if not isinstance(v, str) or not v.strip()]
+        return f"{name} must be text, not empty (got {bad[0]!r})" if bad else None
     if kind in (str, Path):
         if not isinstance(value, (str, Path)):
             return f"{name} must be text (got {value!r})"
@@ -227,6 +232,8 @@ def coerce(cls: type, name: str, value: Any) -> Any:
             return kind(value)
         except ValueError:
             raise ConfigError(f"{option_name(f)} must be a number or auto (got {value!r})") from None
+    if typing.get_origin(kind) is tuple:  # one value or a list of them
+        return (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
     if kind is float and _is_number(value):
         return float(value)
     if kind is Path and isinstance(value, str):

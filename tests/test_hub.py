@@ -94,3 +94,28 @@ def test_every_command_takes_a_hub_id(hub_cache, tmp_path, train_dataset, tiny_t
     prepared = runner.invoke(app, ["prepare", "-d", str(texts), "-o", str(tmp_path / "prepared"), "--tokenizer", REPO])
     assert prepared.exit_code == 0, prepared.output
     assert open_tokenizer(tmp_path / "prepared").to_json() == tiny_tokenizer.to_json()
+
+
+def test_revision_options_pick_the_snapshot_and_misuse_is_one_line(hub_cache, tmp_path, train_dataset):
+    shown = runner.invoke(app, ["inspect", REPO, "--revision", "v0", "--json"])
+    assert shown.exit_code == 0 and OLD_REVISION in shown.stdout
+    assert runner.invoke(app, ["inspect", f"{REPO}@v0", "--revision", "v0", "--json"]).exit_code == 0
+    sample = runner.invoke(app, ["sample", REPO, "--revision", OLD_REVISION, "--max-new-tokens", "2",
+                                 "--device", "cpu", "--json"])
+    assert sample.exit_code == 0, sample.output
+    tuned = runner.invoke(app, ["train", "-d", str(train_dataset), "-o", str(tmp_path / "ft"), "--init-from", REPO,
+                                "--revision", "v0", "--max-steps", "1", "-b", "2", "--device", "cpu",
+                                "--sample-tokens", "0"])
+    assert tuned.exit_code == 0, tuned.output
+    assert "revision: v0" in (tmp_path / "ft" / "config.yaml").read_text()
+    for args, message in (
+        (["inspect", f"{REPO}@v0", "--revision", "main"], "names revision v0 and --revision main"),
+        (["inspect", str(train_dataset), "--revision", "v0"], "is for a Hugging Face Hub model id"),
+        (["sample", "--revision", "v0"], "--revision is for a Hugging Face Hub model id given as CHECKPOINT"),
+        (["train", "-d", str(train_dataset), "--revision", "v0"], "--revision is for a Hub model id given to --init-from"),
+        (["prepare", "--tokenizer-revision", "v0", "-o", str(tmp_path / "p")], "--tokenizer-revision is for"),
+        (["inspect", REPO, "--revision", "a b"], "not a branch, tag or commit"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and result.stderr.count("error:") == 1 and message in result.stderr, (
+            args, result.output)

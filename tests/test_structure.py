@@ -148,7 +148,8 @@ def test_every_setting_is_an_option_declared_by_its_field(command, cls, own):
         ), f.name
         assert docs[f.name].split(" (")[0].rstrip(".") in option.help, f.name
         if f.default is not None and not isinstance(f.default, bool) and option.show_default is True:
-            assert str(option.default) == str(f.default), f.name
+            default = list(f.default) if isinstance(f.default, tuple) else f.default  # repeatable: a list
+            assert str(option.default) == str(default), f.name
 
 
 def test_field_docs_are_read_from_the_source():

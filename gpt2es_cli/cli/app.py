@@ -10,7 +10,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -65,10 +65,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(highlight=False)  # results: stdout
-err_console = Console(stderr=True, highlight=False)  # errors, warnings and hints: stderr
+console = Console(highlight=False, emoji=False)  # results: stdout (":-1:" in a path stays text)
+err_console = Console(stderr=True, highlight=False, emoji=False)  # errors, warnings and hints: stderr
 _state = {"debug": False}
-CHECKPOINT_HELP = "A gpt2es checkpoint (.pth), a run directory, or a local Hugging Face GPT-2 directory."
+CHECKPOINT_HELP = (
+    "A gpt2es checkpoint (.pth), a run directory, a local Hugging Face model directory, or a Hub model id "
+    "(owner/name, e.g. DeepESP/gpt2-spanish; from the cache first)."
+)
+Revision = Annotated[
+    Optional[str],
+    typer.Option("--revision", metavar="REV", show_default=False,
+                 help="Branch, tag or commit of a Hub model id given as CHECKPOINT (default: main)."),
+]
 
 
 def _version(value: bool) -> None:

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from gpt2es_cli.artifacts import recorded_dataset
-from gpt2es_cli.cli.app import CHECKPOINT_HELP, command, console, err_console, note
+from gpt2es_cli.cli.app import CHECKPOINT_HELP, Revision, command, console, err_console, note
 from gpt2es_cli.cli.options import settings_options
 from gpt2es_cli.config import EvalConfig
 from gpt2es_cli.errors import ConfigError
@@ -38,6 +38,7 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    revision: Revision = None,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -87,7 +88,7 @@ def evaluate(
         disable=json_output or not err_console.is_terminal,
     ) as progress:
         for path in checkpoints or [None]:
-            ready = load_model(path, device=device, dtype=dtype, quantize=quantize)
+            ready = load_model(path, device=device, dtype=dtype, quantize=quantize, revision=revision)
             if ready.default is not None:
                 note(f"using {ready.default}")
             name = path if path is not None else ready.checkpoint.path

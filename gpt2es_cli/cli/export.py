@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gpt2es_cli.cli import fmt
-from gpt2es_cli.cli.app import CHECKPOINT_HELP, command, console, note, warn
+from gpt2es_cli.cli.app import CHECKPOINT_HELP, Revision, command, console, note, warn
 from gpt2es_cli.config import ModelConfig
 
 
@@ -33,6 +33,7 @@ def export(
             show_default=False,
         ),
     ] = None,
+    revision: Revision = None,
     force: Annotated[
         bool, typer.Option("--force", metavar="", help="Replace OUT_DIR if it holds a previous export.")
     ] = False,
@@ -73,7 +74,7 @@ def export(
         checkpoint, out_dir = None, checkpoint
     if out_dir is None:
         raise typer.BadParameter("missing: give the directory to export into (export [CHECKPOINT] OUT_DIR)", param_hint="OUT_DIR")
-    path, chosen = checkpoint_or_default(checkpoint)
+    path, chosen = checkpoint_or_default(checkpoint, revision=revision)
     if chosen is not None:
         note(f"using {chosen}")
     ckpt = open_checkpoint(path)

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from gpt2es_cli.artifacts import checkpoint_or_default, is_dataset, open_checkpoint, open_tokenizer
 from gpt2es_cli.cli import fmt
-from gpt2es_cli.cli.app import command, console, note
+from gpt2es_cli.cli.app import Revision, command, console, note
 from gpt2es_cli.errors import ConfigError, DataError
 from gpt2es_cli.tokenizer import Tokenizer
 
@@ -38,6 +38,7 @@ def inspect(
     tokenizer: Annotated[
         bool, typer.Option("--tokenizer", metavar="", help="Show how --text splits into tokens with TARGET's tokenizer.")
     ] = False,
+    revision: Revision = None,
     text: Annotated[str, typer.Option(help="Text for --tokenizer.")] = "Había una vez una niña que soñaba con el mar.",
     seed: Annotated[int, typer.Option(help="Seed for the random window shown from a dataset.")] = 0,
     verify: Annotated[
@@ -49,7 +50,7 @@ def inspect(
     """Show what is inside a checkpoint or a prepared dataset, or how a tokenizer splits text."""
     if not 0 <= seed <= 2**63 - 1:
         raise ConfigError(f"--seed must be >= 0 and <= {2**63 - 1} (got {seed})")
-    path, chosen = checkpoint_or_default(target)
+    path, chosen = checkpoint_or_default(target, revision=revision)
     if chosen is not None:
         note(f"using {chosen}")
     if tokenizer:

@@ -27,18 +27,17 @@ import typer
 from gpt2es_cli.settings import base_type, field_docs, field_types, option_name, spec_of
 
 
-def _shown_default(f: Field) -> str | bool:
-    """True shows the option's real default; a string describes a derived one (e.g. 'lr / 10')."""
-    spec = spec_of(f)
-    if spec.default_text:
-        return spec.default_text
-    return f.default is not MISSING and f.default is not None
+def _shown_default(f: Field) -> bool:
+    """Whether click shows the option's real default (a derived one, e.g. 'lr / 10', is put in the
+    help text instead: click would show it in parentheses)."""
+    return not spec_of(f).default_text and f.default is not MISSING and f.default is not None
 
 
 def _parameter(cls: type, f: Field) -> inspect.Parameter:
     spec = spec_of(f)
     kind, _ = base_type(field_types(cls)[f.name])
     name = option_name(f)
+    repeated = typing.get_origin(kind) is tuple  # tuple[str, ...]: the option may be given several times
     if spec.parse is not None or spec.auto or kind not in (int, float, bool):
         kind = str  # parsed by the dataclass (durations, sizes) or plain text (paths, names)
     if kind is bool:
@@ -50,6 +49,8 @@ def _parameter(cls: type, f: Field) -> inspect.Parameter:
     help_text = field_docs(cls).get(f.name, "")
     if spec.choices and "one of" not in help_text:
         help_text = help_text.rstrip(".") + f" (one of {', '.join(spec.choices)})."
+    if spec.default_text:
+        help_text += f" \\[default: {spec.default_text}]"  # \[: a bracket, not rich markup
     option = typer.Option(
         *decls,
         help=help_text,
@@ -58,11 +59,14 @@ def _parameter(cls: type, f: Field) -> inspect.Parameter:
         metavar=spec.metavar if spec.metavar is not None else ("" if kind is bool else None),  # flags take no value
     )
     default = None if f.default is MISSING or spec.default_text else f.default
-    if default is not None and kind is str:
-        default = str(default)
-    return inspect.Parameter(
-        f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[Optional[kind], option]
-    )
+    if repeated:
+        annotation: Any = Annotated[Optional[list[str]], option]
+        default = list(default) if default is not None else None
+    else:
+        annotation = Annotated[Optional[kind], option]
+        if default is not None and kind is str:
+            default = str(default)
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
 CONTEXT = "_settings_context"

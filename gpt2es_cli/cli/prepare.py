@@ -19,7 +19,7 @@ from rich.table import Table
 
 from gpt2es_cli.cli.app import command, console, err_console
 from gpt2es_cli.cli.options import settings_options
-from gpt2es_cli.cli.render_data import fertility_table, hygiene_table, splits_table
+from gpt2es_cli.cli.render_data import fertility_table, hygiene_table, mixture_table, splits_table
 from gpt2es_cli.config import PrepareConfig
 from gpt2es_cli.data.prepare import (
     PrepareProgress,
@@ -27,7 +27,7 @@ from gpt2es_cli.data.prepare import (
     prepare,
     tokenizer_label,
 )
-from gpt2es_cli.data.sources import resolve_source
+from gpt2es_cli.data.sources import open_sources
 
 PHASES = {"sample": "tokenizer sample", "train": "tokenizer training", "tokenize": "tokenizing"}
 
@@ -112,7 +112,7 @@ def render_result(result: PrepareResult) -> None:
     info.add_row("tokenizing", f"{result.tokenize_seconds:,.1f} s, {speed:,.0f} tokens/s, {rate:,.2f} MB/s")
     info.add_row("worker processes", str(result.num_proc))
     console.print(info)
-    for table in (hygiene_table(meta), fertility_table(meta)):
+    for table in (mixture_table(meta), hygiene_table(meta), fertility_table(meta)):
         if table is not None:
             console.print(table)
 
@@ -133,16 +133,7 @@ def prepare_command(given: dict[str, Any]) -> None:
     (searched recursively), or a dataset saved with save_to_disk.
     """
     options = PrepareConfig.from_dict(given)  # bad settings first, all at once, before looking at the source
-    source = resolve_source(
-        options.dataset,
-        subset=options.subset,
-        split=options.split,
-        text_column=options.text_column,
-        txt_mode=options.txt_mode,
-        seed=options.seed,
-        max_bytes=options.max_bytes,
-        max_docs=options.max_docs,
-    )
+    source = open_sources(options)
     with ProgressView() as view:
         result = prepare(source, options, view)
     render_result(result)

@@ -61,6 +61,27 @@ def hygiene_table(meta: dict[str, Any]) -> Table | None:
     return table
 
 
+def mixture_table(meta: dict[str, Any]) -> Table | None:
+    """Per source of a mixture: its weight, what was read and written (both splits), whether it ran out."""
+    source = meta.get("source") or {}
+    if source.get("kind") != "mixture":
+        return None
+    table = Table(title="Sources (mixed by bytes)", title_justify="left")
+    for name, justify in (("source", "left"), ("weight", "right"), ("documents", "right"), ("MB", "right"),
+                          ("share", "right"), ("tokens", "right"), ("ran out", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    parts = source.get("parts", [])
+    written = [{k: sum(p.get("written", {}).get(s, {}).get(k, 0) for s in ("train", "val"))
+                for k in ("documents", "bytes", "tokens")} for p in parts]
+    total = sum(w["bytes"] for w in written) or 1
+    for part, w in zip(parts, written, strict=True):
+        after = part.get("ran_out_after_bytes")
+        ran_out = f"yes, after {after / 1e6:,.1f} MB in all" if part.get("ran_out") and after is not None else "no"
+        table.add_row(str(part.get("source", {}).get("name")), f"{part.get('weight', 0):.2f}", f"{w['documents']:,}",
+                      f"{w['bytes'] / 1e6:,.2f}", f"{w['bytes'] / total:.1%}", f"{w['tokens']:,}", ran_out)
+    return table
+
+
 def fertility_table(meta: dict[str, Any]) -> Table | None:
     """Tokens per word and bytes per token on the validation sample, per tokenizer."""
     fertility = meta.get("fertility")
@@ -158,7 +179,7 @@ def render_dataset_summary(summary: DatasetSummary, console: Console) -> None:
     """Print everything `gpt2es inspect DATA_DIR` shows."""
     meta = summary.meta
     parts: list[Any] = [dataset_table(summary), splits_table(meta), lengths_table(summary)]
-    parts += [t for t in (fertility_table(meta), hygiene_table(meta)) if t is not None]
+    parts += [t for t in (mixture_table(meta), fertility_table(meta), hygiene_table(meta)) if t is not None]
     if meta.get("source"):
         parts.append(_pairs("Source", meta["source"]))
     if meta.get("arguments"):

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from gpt2es_cli.cli.app import CHECKPOINT_HELP, command, console, err_console, note, warn
+from gpt2es_cli.cli.app import CHECKPOINT_HELP, Revision, command, console, err_console, note, warn
 from gpt2es_cli.cli.options import settings_options
 from gpt2es_cli.config import GenerationConfig
 from gpt2es_cli.errors import GenerationError
@@ -41,6 +41,7 @@ def read_prompt_file(path: Path) -> str:
 def sample(
     given: dict[str, Any],
     checkpoint: Annotated[Path | None, typer.Argument(metavar="CHECKPOINT", help=DEFAULT_CHECKPOINT_HELP, show_default=False)] = None,
+    revision: Revision = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue.")] = "Había una vez",
     prompt_file: Annotated[
         Path | None, typer.Option(help="Read the prompt from a UTF-8 file (overrides --prompt).")
@@ -65,7 +66,7 @@ def sample(
     config = GenerationConfig.from_dict(given)
     if prompt_file is not None:
         prompt = read_prompt_file(prompt_file)
-    ready = load_model(checkpoint, device=device, dtype=dtype, quantize=quantize)
+    ready = load_model(checkpoint, device=device, dtype=dtype, quantize=quantize, revision=revision)
     if ready.default is not None:
         note(f"using {ready.default}")
     model, tokenizer, precision = ready.model, ready.tokenizer, ready.precision

@@ -39,7 +39,7 @@ from gpt2es_cli.data.clean import (
     split_score,
 )
 from gpt2es_cli.data.dataset import DatasetWriter, check_output_dir, token_dtype
-from gpt2es_cli.data.sources import Source
+from gpt2es_cli.data.sources import MixtureSource, Source
 from gpt2es_cli.errors import DataError, TokenizerError
 from gpt2es_cli.tokenizer import GPT2_HUB_ID, Tokenizer
 
@@ -101,7 +101,7 @@ def prepare(source: Source, options: PrepareConfig, on_progress: ProgressCallbac
     started = time.perf_counter()
     report = on_progress or (lambda p: None)
 
-    tokenizer, tokenizer_info = _load_tokenizer(options.tokenizer)
+    tokenizer, tokenizer_info = _load_tokenizer(options.tokenizer, options.tokenizer_revision)
     if tokenizer is None:
         # The trainer stops early when no pair occurs twice any more: vocab_size may be smaller.
         tokenizer, tokenizer_info = _train_tokenizer(source, options, report)
@@ -110,17 +110,25 @@ def prepare(source: Source, options: PrepareConfig, on_progress: ProgressCallbac
     settings = _Settings(tokenizer.to_json(), options.min_chars, options.seed, token_dtype(tokenizer.vocab_size).str)
     tokenize_started = time.perf_counter()
     with DatasetWriter(out, tokenizer, force=options.force) as writer, _Pipeline(settings, num_proc) as pipe:
-        state = _WriteState(writer, options)
+        mixture = source if isinstance(source, MixtureSource) else None
+        state = _WriteState(writer, options, len(mixture.parts) if mixture else 0)
         reader = _Reader(source, options, "tokenize")
-        for batch in pipe.imap(_batches(reader)):
+        parts: deque = deque()  # for a mixture: each batch's sources, in the order the batches come back
+        for batch in pipe.imap(_batches(reader, mixture, parts)):
+            if mixture is not None:
+                batch.parts = parts.popleft()[batch.kept]
             state.add(batch)
             report(reader.progress(state.tokens_written()))
         report(reader.progress(state.tokens_written(), done=1.0))
         hygiene = state.finish(source)
         fertility = _fertility(tokenizer, tokenizer_info, state.val_sample, options)
+        described = source.describe()
+        if mixture is not None:
+            for i, part in enumerate(described["parts"]):
+                part["written"] = state.part_counts(i)
         meta = writer.finish(
             {
-                "source": source.describe(),
+                "source": described,
                 "tokenizer": tokenizer_info,
                 "hygiene": hygiene.to_dict(),
                 "fertility": fertility,
@@ -177,24 +185,37 @@ class _Reader:
         return PrepareProgress(phase or self.phase, self.documents, self.bytes, tokens, seconds, fraction)
 
 
-def _batches(docs: Iterable[str]) -> Iterator[list[str]]:
+def _batches(docs: Iterable[str], mixture: MixtureSource | None = None, parts: deque | None = None) -> Iterator[list[str]]:
+    """Documents in batches of about BATCH_CHARS. From a mixture, each batch's array of which
+    source each document came from goes to `parts` as the batch is yielded."""
     batch: list[str] = []
+    sources: list[int] = []
     size = 0
     for doc in docs:
         batch.append(doc)
+        if mixture is not None:
+            sources.append(mixture.last)
         size += len(doc)
         if size >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
+            if parts is not None:
+                parts.append(np.array(sources, dtype=np.int64))
             yield batch
-            batch, size = [], 0
+            batch, sources, size = [], [], 0
     if batch:
+        if parts is not None:
+            parts.append(np.array(sources, dtype=np.int64))
         yield batch
 
 
 # --- tokenizer --------------------------------------------------------------------------------
 
 
-def _load_tokenizer(choice: str) -> tuple[Tokenizer | None, dict[str, Any]]:
-    """GPT-2's or a file's tokenizer; (None, {}) when one is to be trained."""
+def _load_tokenizer(choice: str, revision: str | None = None) -> tuple[Tokenizer | None, dict[str, Any]]:
+    """GPT-2's or a file's tokenizer; (None, {}) when one is to be trained. `revision`: of a Hub id."""
+    if revision is not None:
+        from gpt2es_cli.hub import with_revision
+
+        choice = with_revision(choice, revision, "--tokenizer-revision")
     if choice == "train":
         return None, {}
     if choice == "gpt2":
@@ -295,6 +316,10 @@ class _Batch:
     control_chars_removed: int
     lossy: str | None
     """A snippet the tokenizer could not reproduce, if any."""
+    kept: np.ndarray
+    """The position in the batch of each kept document (the others were empty or too short)."""
+    parts: np.ndarray | None = None
+    """For a mixture: which source each kept document came from (set in the main process)."""
 
 
 @dataclass
@@ -307,12 +332,14 @@ class _Cleaned:
     empty: int
     too_short: int
     control_chars_removed: int
+    kept: list[int]
+    """The position in the batch of each surviving document."""
 
 
 def _clean(docs: list[str], min_chars: int) -> _Cleaned:
     """Normalise each document and drop the empty and the too short (both passes use this)."""
-    out = _Cleaned([], [], [], 0, 0, 0)
-    for doc in docs:
+    out = _Cleaned([], [], [], 0, 0, 0, [])
+    for position, doc in enumerate(docs):
         text, removed = normalize(doc)
         out.control_chars_removed += removed
         if not text:
@@ -324,6 +351,7 @@ def _clean(docs: list[str], min_chars: int) -> _Cleaned:
             out.texts.append(text)
             out.nbytes.append(len(data))
             out.digests.append(digest(data))
+            out.kept.append(position)
     return out
 
 
@@ -362,6 +390,7 @@ class _Processor:
             c.too_short,
             c.control_chars_removed,
             lossy,
+            np.array(c.kept, dtype=np.int64),
         )
 
 
@@ -430,6 +459,7 @@ class _Held:
     ids: np.ndarray
     nbytes: int
     score: float
+    part: int = 0
 
 
 class _WriteState:
@@ -441,8 +471,10 @@ class _WriteState:
     still empty, else to train.
     """
 
-    def __init__(self, writer: DatasetWriter, options: PrepareConfig):
+    def __init__(self, writer: DatasetWriter, options: PrepareConfig, num_parts: int = 0):
         self.writer, self.options = writer, options
+        self.per_part = {split: np.zeros((num_parts, 3), dtype=np.int64) for split in ("train", "val")}
+        """For a mixture: documents, bytes and tokens written per source and split."""
         self.seen = DigestSet()
         self.counts = HygieneCounts()
         self.held: _Held | None = None
@@ -473,7 +505,9 @@ class _WriteState:
             best = int(np.flatnonzero(train)[np.argmin(b.scores[train])])
             if self.held is None or b.scores[best] < self.held.score:
                 self._release("train")
-                self.held = _Held(b.ids[starts[best] : b.ends[best]].copy(), int(b.nbytes[best]), float(b.scores[best]))
+                part = int(b.parts[best]) if b.parts is not None else 0
+                self.held = _Held(b.ids[starts[best] : b.ends[best]].copy(), int(b.nbytes[best]), float(b.scores[best]),
+                                  part)
                 train[best] = False
         elif val.any():
             self._release("train")
@@ -486,6 +520,11 @@ class _WriteState:
             return
         ids = np.concatenate([b.ids[starts[i] : b.ends[i]] for i in idx])
         self.writer.write(split, ids, documents=len(idx), nbytes=int(b.nbytes[idx].sum()))
+        if b.parts is not None:
+            counts = self.per_part[split]
+            np.add.at(counts[:, 0], b.parts[idx], 1)
+            np.add.at(counts[:, 1], b.parts[idx], b.nbytes[idx])
+            np.add.at(counts[:, 2], b.parts[idx], b.ends[idx] - starts[idx])
         if split == "val" and self.val_sample_tokens < FERTILITY_SAMPLE_TOKENS:
             self.val_sample.append(ids)
             self.val_sample_tokens += len(ids)
@@ -494,9 +533,16 @@ class _WriteState:
         if self.held is not None:
             held, self.held = self.held, None
             self.writer.write(split, held.ids, documents=1, nbytes=held.nbytes)
+            if len(self.per_part[split]):
+                self.per_part[split][held.part] += (1, held.nbytes, len(held.ids))
             if split == "val":
                 self.val_sample.append(held.ids)
                 self.val_sample_tokens += len(held.ids)
+
+    def part_counts(self, i: int) -> dict[str, dict[str, int]]:
+        """Documents, bytes and tokens (each with its <|endoftext|>) written from source i of a mixture."""
+        return {split: dict(zip(("documents", "bytes", "tokens"), map(int, c[i]), strict=True))
+                for split, c in self.per_part.items()}
 
     def finish(self, source: Source) -> HygieneCounts:
         """Place the held document; check both splits have documents; return the counts."""

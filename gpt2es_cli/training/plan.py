@@ -19,6 +19,7 @@ from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint
 from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.data.dataset import PreparedDataset
 from gpt2es_cli.errors import CheckpointError, ConfigError, DataError
+from gpt2es_cli.hub import with_revision
 from gpt2es_cli.settings import AUTO, value_problems
 from gpt2es_cli.tokenizer import Tokenizer
 from gpt2es_cli.training.budget import StepPlan, duration_text, plan_steps, step_budgets
@@ -35,7 +36,7 @@ from gpt2es_cli.training.sizing import SizeChoice, choose_model_size, measure_tr
 PROBE_BATCH = 8
 """Windows per pass when --preset auto times its candidates under --batch-size auto."""
 
-FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "untied_head", "position", "rope_theta", "init_from", "seq_len", "seed", "optimizer")
+FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "untied_head", "position", "rope_theta", "init_from", "revision", "seq_len", "seed", "optimizer")
 """Settings a resumed run must keep: the architecture, the data windows and their order, the optimizer
 (its state is the one in the checkpoint)."""
 
@@ -174,7 +175,8 @@ def _model_config(config: TrainConfig, dataset: PreparedDataset, tokenizer: Toke
                 f"--{next(iter(overrides)).replace('_', '-')} cannot change the architecture of the "
                 f"--init-from model {config.init_from}: drop it (only --dropout may change)"
             )
-        init = open_checkpoint(config.init_from)  # a .pth, a run directory or a Hugging Face directory
+        # a .pth, a run directory, a Hugging Face directory or a Hub id (at --revision)
+        init = open_checkpoint(with_revision(config.init_from, config.revision))
         model = init.model_config
         if init.tokenizer_json is not None:
             init_tokenizer = init.tokenizer()
