@@ -423,8 +423,12 @@ def main() -> None:
         name, _, opts = v.partition("=")
         variants.append((f"gpt2es {name}", opts.split()))
     # Everything scoring uses is imported now: editing the package while runs train must not change it.
-    import gpt2es_cli.checkpoint, gpt2es_cli.config, gpt2es_cli.generate, gpt2es_cli.model  # noqa: F401, E401
-    import gpt2es_cli.inference, gpt2es_cli.tokenizer  # noqa: F401, E401
+    import gpt2es_cli.checkpoint
+    import gpt2es_cli.config
+    import gpt2es_cli.generate
+    import gpt2es_cli.inference
+    import gpt2es_cli.model
+    import gpt2es_cli.tokenizer  # noqa: F401
 
     ours_data, ref_data = prepare_data(args.work)
     text = held_out_text()

@@ -263,6 +263,8 @@ class TrainConfig:
     needed (a token with write access is checked before training starts)."""
     push_every_save: bool = setting(False, panel=WATCH)
     """With --push-to-hub: upload at every save of last.pth too, not only at the end."""
+    plot_scale: str = setting("linear", choices=("linear", "log"), panel=WATCH)
+    """Axes of loss.png: linear, or log (tokens and loss both; loss curves are near-straight lines there)."""
     log_to: str = setting("", parse=parse_loggers, panel=WATCH,
                           default_text="metrics.jsonl and loss.png only")
     """More loggers beside metrics.jsonl and loss.png, comma-separated: tensorboard (event files in

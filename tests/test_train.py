@@ -454,3 +454,25 @@ def test_loss_plot_ticks_read_as_counts():
     from gpt2es_cli.training.subscribers.plot import short_count
 
     assert [short_count(x) for x in (0, 500, 400_000, 1_200_000, 3e9)] == ["0", "500", "400k", "1.2M", "3G"]
+
+
+def test_loss_plot_log_scale_sets_both_axes_to_log(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gpt2es_cli.training.subscribers.plot import plot_loss_curve
+
+    axes = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (axes.append(fig.axes[0]), real_close(fig)))
+    records = [{"type": "train", "step": s, "tokens": 64 * s, "loss": 6 / s ** 0.3, "smoothed_loss": 6 / s ** 0.3}
+               for s in range(1, 50)] + [{"type": "eval", "step": 49, "tokens": 64 * 49, "val_loss": 2.0}]
+    plot_loss_curve(records, tmp_path / "linear.png")
+    plot_loss_curve(records, tmp_path / "log.png", scale="log")
+    assert [(a.get_xscale(), a.get_yscale()) for a in axes] == [("linear", "linear"), ("log", "log")]
+    assert (tmp_path / "log.png").read_bytes()[:4] == b"\x89PNG"
+    assert TrainConfig.from_dict({"plot_scale": "log"}).plot_scale == "log"
+    with pytest.raises(ConfigError, match="--plot-scale must be one of linear, log"):
+        TrainConfig.from_dict({"plot_scale": "cubic"})

@@ -16,18 +16,20 @@ class LossPlot:
         self.path: Path | None = None
         self.title = ""
         self.records: list[dict[str, Any]] = []
+        self.scale = "linear"
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, TrainStart):
             self.path = event.run_dir / "loss.png"
             self.title = str(event.run_dir)
             self.records = list(event.history)
+            self.scale = event.config.plot_scale
             return
         record = event.record()
         if record is not None:
             self.records.append(record)
         if isinstance(event, (ValidationDone, TrainEnd)) and self.path is not None:
-            plot_loss_curve(self.records, self.path, title=self.title)
+            plot_loss_curve(self.records, self.path, title=self.title, scale=self.scale)
 
 
 def short_count(x: float) -> str:
@@ -38,8 +40,9 @@ def short_count(x: float) -> str:
     return f"{x:.3g}"
 
 
-def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Train loss (raw and smoothed) and val loss against tokens seen, written atomically."""
+def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "", scale: str = "linear") -> None:
+    """Train loss (raw and smoothed) and val loss against tokens seen, written atomically. `scale`:
+    linear, or log (both axes: loss curves are near power laws in tokens, straight lines there)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,6 +62,14 @@ def plot_loss_curve(records: list[dict[str, Any]], path: Path, title: str = "") 
         )
     from matplotlib.ticker import FuncFormatter
 
+    if scale == "log":
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        from matplotlib.ticker import NullFormatter
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:.3g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:.3g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: short_count(x)))  # 400k, 1.2M, not 400000
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("loss (nats/token)")
