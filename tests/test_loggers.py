@@ -18,7 +18,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def scalars(run_dir, tag):
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    events = accumulator.EventAccumulator(str(run_dir / "tensorboard"))
+    directory = run_dir if run_dir.name == "by_tokens" else run_dir / "tensorboard"
+    events = accumulator.EventAccumulator(str(directory))
     events.Reload()
     return [(e.step, e.value) for e in events.Scalars(tag)], events
 
@@ -43,8 +44,13 @@ def test_tensorboard_and_csv_log_the_run_and_a_resume_adds_no_duplicate_step(tra
     loss, events = scalars(tmp_path / "run", "train/loss")
     assert [s for s, _ in loss] == list(range(1, 9))  # each step once, across the two invocations
     tags = events.Tags()
-    assert {"train/lr", "train/grad_norm", "train/tokens_per_second", "val/loss", "val/perplexity",
-            "by_tokens/train_loss", "by_tokens/val_loss"} <= set(tags["scalars"])
+    assert {"train/lr", "train/grad_norm", "train/tokens_per_second", "val/loss", "val/perplexity"} <= set(
+        tags["scalars"])
+    by_tokens, _ = scalars(tmp_path / "run" / "tensorboard" / "by_tokens", "by_tokens/train_loss")
+    rows_tokens = [int(r["tokens"]) for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open(encoding="utf-8"))
+                   if r["type"] == "train"]
+    assert [s for s, _ in by_tokens] == rows_tokens  # each token count once, in its own run
+    assert [v for _, v in by_tokens] == [v for _, v in loss]
     val, _ = scalars(tmp_path / "run", "val/loss")
     assert [s for s, _ in val] == [4, 8]
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open(encoding="utf-8")))

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +240,16 @@ class TrainDisplay:
         return Group(*parts)
 
 
-def _render_summary(s: TrainSummary) -> None:
+LOGGER_OUTPUTS = {
+    "tensorboard": lambda run: f"tensorboard {run / 'tensorboard'} (tensorboard --logdir {run / 'tensorboard'})",
+    "wandb": lambda run: f"wandb       {run / 'wandb'}" + (
+        " (offline: wandb sync " + str(run / "wandb") + "/offline-run-*)" if os.environ.get("WANDB_MODE") == "offline" else ""),
+    "csv": lambda run: f"csv         {run / 'metrics.csv'}",
+}
+"""What the summary says about each --log-to logger's output."""
+
+
+def _render_summary(s: TrainSummary, log_to: str = "") -> None:
     reasons = {
         "max_steps": "reached --max-steps",
         "max_tokens": "reached --max-tokens",
@@ -268,8 +278,12 @@ def _render_summary(s: TrainSummary) -> None:
     if s.best_checkpoint is not None:
         rows.append(("best", str(s.best_checkpoint)))
     rows.append(("metrics", f"{s.run_dir / 'metrics.jsonl'}, {s.run_dir / 'loss.png'}"))
+    for name in filter(None, log_to.split(",")):
+        label, _, value = LOGGER_OUTPUTS[name](s.run_dir).partition(" ")
+        rows.append((label, value.strip()))
+    width = max(11, *(len(label) + 1 for label, _ in rows))
     for label, value in rows:  # plain lines: paths must never be cut to the terminal width
-        console.print(f"[bold]{label:<11}[/]{escape(value)}", soft_wrap=True)
+        console.print(f"[bold]{label:<{width}}[/]{escape(value)}", soft_wrap=True)
     if s.stop_reason in ("interrupted", "out_of_time", "diverged") and s.last_checkpoint is not None:
         err_console.print(f"resume with: gpt2es train --resume {escape(str(s.run_dir))}", soft_wrap=True)
     else:
@@ -321,7 +335,7 @@ def run_training(config: TrainConfig, checkpoint: Checkpoint | None, force: bool
         pusher = HubPush(config.push_to_hub, config.push_every_save)
     with TrainDisplay(live=console.is_terminal) as display:
         summary = train(config, resume=checkpoint, force=force, subscribers=[display, *([pusher] if pusher else [])])
-    _render_summary(summary)
+    _render_summary(summary, config.log_to)
     if pusher is not None and summary.last_checkpoint is not None:
         url = pusher.push(f"step {summary.step}")  # a failure is one line; the run and RUN/hf stay
         console.print(f"uploaded {escape(str(summary.run_dir / 'hf'))} to {escape(url)}", soft_wrap=True)

@@ -77,6 +77,8 @@ class TrainStart(Event):
     """0 for a new run; the checkpoint's step when resuming."""
     history: tuple[dict[str, Any], ...] = ()
     """The metrics records the run already holds (a resumed checkpoint's; empty when new)."""
+    start_tokens: int = 0
+    """Tokens seen at start_step."""
     warmup_steps: int | None = None
     """None: 5% of the steps fitted to --max-time, decided with them."""
     max_time: float | None = None

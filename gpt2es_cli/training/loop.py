@@ -406,7 +406,7 @@ class _Trainer:
             device=str(self.device), precision=self.precision.name, world_size=self.parallel.world_size,
             accum_steps=plan.accum_steps, tokens_per_step=plan.tokens_per_step, total_steps=self.steps.total_steps,
             budget=self.steps.budget, train_tokens=plan.dataset.num_tokens("train"), start_step=self.start_step,
-            history=tuple(self.history),
+            history=tuple(self.history), start_tokens=self.tokens_seen,
             warmup_steps=self.steps.warmup_steps if self.steps.warmup_fixed else None,
             max_time=self.config.max_time, fit_time=self.steps.fit_time, cap_steps=self.steps.cap,
             cap_budget=self.steps.cap_budget, batch_choice=plan.batch_choice, size_choice=plan.size_choice,
