@@ -40,6 +40,7 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path, tiny_tokenizer, spa
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "x 2 processes" in done.stdout
     assert done.stdout.count("step 6/6") == 1  # only the main process reports
+    assert "broadcast_buffers" not in done.stderr and "Warning" not in done.stderr, done.stderr[-2000:]
 
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [r["type"] for r in two] == [r["type"] for r in one]  # written once, by the main process
