@@ -67,6 +67,20 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    def allocate(self, like: torch.Tensor) -> None:
+        """Make the storage now, in the dtype and on the device of `like` (a fixed-shape decode step
+        writes into it in place, so it must exist before the step is compiled)."""
+        if not self.keys:
+            self.keys = [like.new_zeros(self.shape) for _ in range(self.n_layer)]
+            self.values = [like.new_zeros(self.shape) for _ in range(self.n_layer)]
+
+    def write(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one position's k, v (B, nh, 1, hs) at index `pos` (a (1,) tensor) in place; return the
+        whole storage (B, nh, capacity, hs): fixed shapes, whatever the position."""
+        self.keys[layer].index_copy_(2, pos, k)
+        self.values[layer].index_copy_(2, pos, v)
+        return self.keys[layer], self.values[layer]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) after the filled part; return all keys and values so far."""
         if not self.keys:
@@ -90,7 +104,10 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                decode: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """`decode`: (pos (1,), mask (1, capacity)) for a fixed-shape one-token step that writes the
+        cache at pos and attends to the whole cache through the mask (see GPT2.decode_step)."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -98,6 +115,12 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if rope is not None:  # rotary: each query and key turned by its true position (cached keys too)
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if decode is not None:
+            assert cache is not None
+            k, v = cache.write(layer, decode[0], k, v)  # (B, nh, capacity, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=decode[1])
+            y = y.transpose(1, 2).contiguous().view(B, T, C)
+            return self.c_proj(y)
         past = 0
         if cache is not None:
             past = cache.length
@@ -139,8 +162,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer, rope)
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                decode: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, rope, decode)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -227,6 +251,26 @@ class GPT2(nn.Module):
             x = x[:, -1:, :]  # (B, 1, C)
         x = self.ln_f(x)
         return self.lm_head(x)  # (B, T, vocab_size), or (B, 1, vocab_size) with last_only
+
+    def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, vocab_size) of one new token per sequence, idx (B, 1) at position `pos` (a (1,)
+        long tensor), the cache filled before it (allocated: KVCache.allocate). Every shape is fixed
+        whatever the position (the key and value are written in place, attention sees the whole
+        cache through a mask), so `torch.compile` traces it once, and CUDA graphs can replay it. The
+        caller advances cache.length. Inference only (no dropout)."""
+        c = self.config
+        x = self.wte(idx)  # (B, 1, C)
+        rope = None
+        if c.position == "learned":
+            x = x + self.wpe(pos)
+        elif c.position == "sinusoidal":
+            x = x + sinusoidal_table(pos, c.n_embd).to(x.dtype)
+        else:
+            rope = rope_angles(pos, c.head_dim, c.rope_theta)
+        mask = (torch.arange(cache.capacity, device=idx.device) <= pos)[None, :]  # (1, capacity): filled + pos
+        for i, block in enumerate(self.h):
+            x = block(x, cache, i, rope, (pos, mask))
+        return self.lm_head(self.ln_f(x))[:, -1, :]
 
     def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
         """An empty KV cache for `batch_size` sequences (it takes the device of the keys), holding the

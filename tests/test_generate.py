@@ -160,3 +160,41 @@ def test_generate_runs_each_step_under_the_given_autocast(model):
     assert out == generate(model, [5, 17], GREEDY, eos_id=0)
     bf16 = generate(model, [5, 17], GREEDY, eos_id=0, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
     assert len(bf16[0]) == GREEDY.max_new_tokens
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope"])
+def test_the_fixed_shape_decode_step_gives_the_cached_forward_logits(position):
+    torch.manual_seed(0)
+    m = GPT2(ModelConfig.from_preset("tiny", vocab_size=300, position=position)).eval()
+    tokens = torch.randint(1, 300, (2, 20))
+    with torch.inference_mode():
+        plain, fixed = m.new_cache(2), m.new_cache(2)
+        m(tokens[:, :5], plain)
+        m(tokens[:, :5], fixed)
+        for t in range(5, 20):
+            expected = m(tokens[:, t : t + 1], plain, last_only=True)[:, -1, :]
+            got = m.decode_step(tokens[:, t : t + 1], torch.tensor([fixed.length]), fixed)
+            fixed.length += 1
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_sampling_gives_the_same_greedy_text_and_never_recompiles(model):
+    pytest.importorskip("torch._inductor")
+    import shutil
+
+    if shutil.which("gcc") is None and shutil.which("cc") is None:
+        pytest.skip("torch.compile on the CPU needs a C compiler")
+    cfg = GenerationConfig(temperature=0, stop_at_eos=False, max_new_tokens=90)  # past the context of 64
+    prompt = [5, 17, 42, 8, 99, 3]
+    plain = generate(model, prompt, cfg, eos_id=0, num_samples=2)
+    torch._dynamo.reset()
+    compiled = generate(model, prompt, cfg, eos_id=0, num_samples=2, compile=True)
+    assert compiled == plain
+    previous = torch._dynamo.config.error_on_recompile
+    torch._dynamo.config.error_on_recompile = True  # another prompt, another length: the same graph
+    try:
+        assert generate(model, [1, 2], cfg, eos_id=0, num_samples=2, compile=True) == generate(
+            model, [1, 2], cfg, eos_id=0, num_samples=2)
+    finally:
+        torch._dynamo.config.error_on_recompile = previous
+        torch._dynamo.reset()

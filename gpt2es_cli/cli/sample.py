@@ -16,7 +16,7 @@ from rich.text import Text
 from gpt2es_cli.cli.app import CHECKPOINT_HELP, Revision, command, console, err_console, note, warn
 from gpt2es_cli.cli.options import settings_options
 from gpt2es_cli.config import GenerationConfig
-from gpt2es_cli.errors import GenerationError
+from gpt2es_cli.errors import ConfigError, GenerationError
 from gpt2es_cli.generate import Generation
 from gpt2es_cli.inference import load_model
 from gpt2es_cli.tokenizer import StreamDecoder, Tokenizer
@@ -59,11 +59,18 @@ def sample(
         typer.Option(help="none, or int8: int8 weights (per channel, bf16 activations), ~4x less to read per token."),
     ] = "none",
     no_cache: Annotated[bool, typer.Option("--no-cache", metavar="", help="Re-encode the whole context each step (slow; for checks).")] = False,
+    compile: Annotated[
+        bool,
+        typer.Option("--compile", metavar="", help="torch.compile the one-token step (fixed shapes: compiled once, "
+                     "then no recompiles; CUDA graphs on a GPU). Seconds to a minute to start; the same text."),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", metavar="", help="Print the samples as JSON instead of streaming.")] = False,
     interactive: Annotated[bool, typer.Option("--interactive", "-i", metavar="", help="Ask for prompts in a loop (Ctrl-D quits).")] = False,
 ) -> None:
     """Generate text from a checkpoint (default: the newest run under runs/), streamed token by token."""
     config = GenerationConfig.from_dict(given)
+    if compile and no_cache:
+        raise ConfigError("--compile compiles the cached one-token step: drop --no-cache")
     if prompt_file is not None:
         prompt = read_prompt_file(prompt_file)
     ready = load_model(checkpoint, device=device, dtype=dtype, quantize=quantize, revision=revision)
@@ -78,6 +85,7 @@ def sample(
             config,
             tokenizer.eos_id,
             use_cache=not no_cache,
+            compile=compile,
         )
         if gen.truncated:
             warn(f"the prompt is longer than the context: its first {gen.truncated} tokens were dropped")
