@@ -45,6 +45,7 @@ HF32 = "transformers float32 generate(use_cache=True)"
 HF16 = "transformers bfloat16 generate(use_cache=True)"
 OURS32 = "ours float32 (KV cache)"
 OURS32_NO_CACHE = "ours float32 (no cache)"
+OURS32_COMPILED = "ours float32 (KV cache, --compile)"
 OURS16 = "ours bfloat16 (KV cache)"
 OURS8 = "ours int8 weights, bfloat16 (KV cache)"
 
@@ -93,6 +94,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="add rows with the compiled decode step (sample --compile)")
+    p.add_argument("--batch", type=int, default=1, help="also time ours at this batch size (sampling throughput)")
     args = p.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -121,8 +124,8 @@ def main() -> None:
     cfg = GenerationConfig(max_new_tokens=n, temperature=0, stop_at_eos=False)
     eos = vocab - 1
 
-    def run_ours(model: GPT2, cache: bool = True) -> list[int]:
-        return generate(model, prompt, cfg, eos_id=eos, use_cache=cache)[0]
+    def run_ours(model: GPT2, cache: bool = True, compile: bool = False, batch: int = 1) -> list[int]:
+        return generate(model, prompt, cfg, eos_id=eos, use_cache=cache, compile=compile, num_samples=batch)[0]
 
     def run_hf(model) -> list[int]:
         x = torch.tensor([prompt], device=device)
@@ -143,10 +146,25 @@ def main() -> None:
         if name == OURS32:
             runs[OURS32_NO_CACHE] = lambda m=model: run_ours(m, cache=False)
             reference[OURS32_NO_CACHE] = HF32
+        if args.compile:
+            compiled_name = name.replace("(KV cache)", "(KV cache, --compile)")
+            runs[compiled_name] = lambda m=model: run_ours(m, compile=True)
+            reference[compiled_name] = reference[name]
+    if args.batch > 1:
+        for name, model in list(variants.items()):
+            batched = name.replace("(KV cache", f"(batch {args.batch}, KV cache")
+            runs[batched] = lambda m=model: run_ours(m, batch=args.batch)
+            reference[batched] = reference[name]
     for name, model in hf_models.items():
         runs[name] = lambda m=model: run_hf(m)
 
-    outputs = {name: fn() for name, fn in runs.items()}  # warm-up, and the outputs compared
+    outputs, first = {}, {}
+    for name, fn in runs.items():  # warm-up (and compilation), and the outputs compared
+        sync(device)
+        t = time.perf_counter()
+        outputs[name] = fn()
+        sync(device)
+        first[name] = time.perf_counter() - t
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.repeats):
         for name, fn in runs.items():
@@ -159,8 +177,9 @@ def main() -> None:
     source = args.checkpoint or f"preset={args.preset} (random weights)"
     print(f"device={device} {source} layers={ours.config.n_layer} width={ours.config.n_embd} vocab={vocab} "
           f"prompt={len(prompt)} new={n} threads={torch.get_num_threads()} torch={torch.__version__}")
-    rate = {k: n / statistics.median(v) for k, v in times.items()}
-    best = {k: n / min(v) for k, v in times.items()}
+    per_run = {k: n * (args.batch if "(batch " in k else 1) for k in runs}  # tokens per run, all samples
+    rate = {k: per_run[k] / statistics.median(v) for k, v in times.items()}
+    best = {k: per_run[k] / min(v) for k, v in times.items()}
     hf_rate = rate[HF32]
     print(f"  {'':47s} {'tokens/s':>9s} {'best':>8s} {'vs HF fp32':>10s}  greedy output vs transformers")
     def agreement(name: str, ref: str) -> str:
@@ -184,6 +203,11 @@ def main() -> None:
     print(f"  float32 greedy identical with and without the cache: {cache_same}")
     exact = outputs[OURS32] == outputs[HF32]
     print(f"  float32 greedy identical to transformers: {exact}")
+    for name in runs:
+        if "--compile" in name:
+            steady = statistics.median(times[name])
+            print(f"  {name}: first run {first[name]:.1f} s (compiling), then {steady:.2f} s per run; greedy "
+                  f"identical to the uncompiled path: {outputs[name] == outputs[name.replace(', --compile', '')]}")
     sys.exit(0 if exact and cache_same else 1)
 
 

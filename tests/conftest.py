@@ -120,3 +120,24 @@ def shared_corpus() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/corpus/es is not available")
     return path
+
+
+@pytest.fixture
+def nan_at(monkeypatch):
+    """Make the training loss NaN on some calls of compute_loss (1-based): `install(bad)` with a
+    collection of call numbers or a predicate on them."""
+    from gpt2es_cli.training import loop as loop_module
+
+    def install(bad_calls):
+        is_bad = bad_calls if callable(bad_calls) else bad_calls.__contains__
+        real = loop_module.compute_loss
+        calls = {"n": 0}
+
+        def patched(model, x, y):
+            calls["n"] += 1
+            loss = real(model, x, y)
+            return loss * float("nan") if is_bad(calls["n"]) else loss
+
+        monkeypatch.setattr(loop_module, "compute_loss", patched)
+
+    return install

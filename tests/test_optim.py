@@ -193,24 +193,6 @@ def built(monkeypatch):
     return found
 
 
-@pytest.fixture
-def nan_on(monkeypatch):
-    """Make compute_loss return NaN on the given call numbers (1-based): one call per step here."""
-
-    def install(bad_calls):
-        real_loss = loop_module.compute_loss
-        calls = {"n": 0}
-
-        def patched(model, x, y):
-            calls["n"] += 1
-            loss = real_loss(model, x, y)
-            return loss * float("nan") if calls["n"] in bad_calls else loss
-
-        monkeypatch.setattr(loop_module, "compute_loss", patched)
-
-    return install
-
-
 def tensors(state):
     """Every tensor in a (nested) state dict, in order."""
     if isinstance(state, torch.Tensor):
@@ -222,8 +204,8 @@ def tensors(state):
     return []
 
 
-def test_muon_lr_follows_the_schedule_at_its_ratio_through_rollback(train_dataset, tmp_path, built, nan_on):
-    nan_on({6})
+def test_muon_lr_follows_the_schedule_at_its_ratio_through_rollback(train_dataset, tmp_path, built, nan_at):
+    nan_at({6})
     seen = []
 
     def watch(event):
@@ -276,8 +258,8 @@ def test_interrupted_then_resumed_equals_uninterrupted_with_muon(train_dataset, 
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_a_second_rollback_restores_the_same_good_state(train_dataset, tmp_path, built, nan_on, optimizer):
-    nan_on({6, 8})  # step 6 fails, back to step 4; step 5 passes; step 6 fails again, back to step 4
+def test_a_second_rollback_restores_the_same_good_state(train_dataset, tmp_path, built, nan_at, optimizer):
+    nan_at({6, 8})  # step 6 fails, back to step 4; step 5 passes; step 6 fails again, back to step 4
     at_step_4, restored = [], []
 
     def watch(event):

@@ -46,8 +46,6 @@ def dataset(train_dataset):
     return train_dataset
 
 
-
-
 def records(run_dir, kind):
     lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     return [r for r in map(json.loads, lines) if r["type"] == kind]
@@ -237,24 +235,6 @@ def test_a_resume_mid_log_interval_logs_what_the_uninterrupted_run_logs(dataset,
     assert [s for s, _ in resumed] == [4, 8, 10]  # the stop at step 6 is shown, not recorded
     assert dict(resumed)[8] == pytest.approx(dict(whole)[8], rel=1e-6)
     assert dict(resumed)[10] == pytest.approx(dict(whole)[10], rel=1e-6)
-
-
-@pytest.fixture
-def nan_at(monkeypatch):
-    """Make compute_loss return NaN on the given call numbers (1-based)."""
-
-    def install(bad_calls):
-        real = loop_module.compute_loss
-        calls = {"n": 0}
-
-        def patched(model, x, y):
-            calls["n"] += 1
-            loss = real(model, x, y)
-            return loss * float("nan") if bad_calls(calls["n"]) else loss
-
-        monkeypatch.setattr(loop_module, "compute_loss", patched)
-
-    return install
 
 
 def test_a_nan_rolls_back_lowers_the_lr_and_training_goes_on(dataset, tmp_path, nan_at):
