@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from gpt2es_cli import __version__
 from gpt2es_cli.errors import Gpt2esError, first_line
@@ -25,7 +25,21 @@ _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Usage
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-class _OneLineErrors(TyperGroup):
+class _PlainHelpFlag:
+    """--help is a flag: no `<bool>` placeholder beside it in the help (as for every other flag)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_PlainHelpFlag, TyperCommand):
+    pass
+
+
+class _OneLineErrors(_PlainHelpFlag, TyperGroup):
     """The app's group: a usage error (a mistyped value, an unknown option, a missing argument) is
     one 'error:' line on stderr and a hint line, exit code 2, instead of Typer's boxed panel."""
 
@@ -137,7 +151,7 @@ def command(name: str, **kwargs: Any) -> Callable[[Callable], Callable]:
                     raise
                 raise fail(f"{type(e).__name__}: {first_line(e)} (rerun with --debug for the traceback)") from None
 
-        app.command(name, **kwargs)(run)
+        app.command(name, cls=_Command, **kwargs)(run)
         return fn
 
     return register
