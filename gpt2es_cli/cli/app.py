@@ -106,7 +106,7 @@ def _main(
     ] = False,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+        typer.Option("--version", callback=_version, is_eager=True, metavar="", help="Show the version and exit."),
     ] = False,
 ) -> None:
     """Train GPT-2-style language models on Spanish text."""
