@@ -137,6 +137,14 @@ def _training_summary(training: dict[str, Any]) -> dict[str, Any]:
         {k: r.get(k) for k in ("step", "tokens", "val_loss", "val_perplexity", "elapsed") if k in r} for r in evals
     ]
     summary.setdefault("recoveries", sum(1 for r in records if r.get("type") == "recovery"))
+    config = training.get("config")
+    if isinstance(config, dict):  # how it was trained: the recipe's settings, resolved
+        plan = training.get("plan") if isinstance(training.get("plan"), dict) else {}
+        summary["recipe"] = {
+            **{k: config.get(k) for k in ("optimizer", "lr", "muon_lr", "min_lr", "schedule", "weight_decay",
+                                         "grad_clip", "batch_size", "global_batch", "seq_len", "max_time")},
+            "warmup_steps": plan.get("warmup_steps", config.get("warmup_steps")),
+        }
     if evals:
         best = min(evals, key=lambda r: r["val_loss"])
         summary["best_val"] = {"val_loss": best["val_loss"], "step": best["step"], "tokens": best.get("tokens")}

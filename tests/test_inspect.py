@@ -157,3 +157,21 @@ def test_piped_tokenizer_view_keeps_token_boundaries(tiny_checkpoint):
     assert "|" in first and first.replace("|", "").replace("·", " ") == "Hola, señor"
     id_lines = [line.split() for line in result.stdout.splitlines()[1:] if line.startswith("    ")]
     assert len(id_lines) == first.count("|") + 1  # one line per token, its id first
+
+
+def test_inspect_shows_the_position_encoding_head_schedule_and_clipping_of_a_run(train_dataset, tmp_path):
+    from conftest import tiny_run
+
+    from gpt2es_cli.training import train
+
+    config = tiny_run(train_dataset, tmp_path / "run", max_steps=4, eval_interval=2, position="rope",
+                      untied_head=True, schedule="onecycle", grad_clip="auto")
+    train(config)
+    result = runner.invoke(app, ["inspect", str(tmp_path / "run")], terminal_width=160)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "rope (rotary, theta 10000)" in out and "untied (its own matrix)" in out
+    assert "onecycle, warmup" in out and "of 4 steps" in out
+    assert "auto (twice the moving average of the norms)" in out and "muon, lr 0.003" in out
+    data = json.loads(runner.invoke(app, ["inspect", str(tmp_path / "run"), "--json"]).stdout)
+    assert data["training"]["recipe"]["schedule"] == "onecycle" and data["training"]["recipe"]["grad_clip"] == "auto"

@@ -177,6 +177,21 @@ def render_training(t: dict[str, Any]) -> None:
         rows["best val loss"] = f"{t['best_val_loss']:.4f}"
     if t.get("dataset"):
         rows["trained on"] = t["dataset"]
+    recipe = t.get("recipe") or {}
+    if recipe.get("schedule"):
+        warmup = recipe.get("warmup_steps")
+        total = t.get("total_steps")
+        rows["schedule"] = recipe["schedule"] + (
+            f", warmup {warmup:,}" + (f" of {total:,} steps" if total else " steps") if warmup is not None else ""
+        ) + (f", to min-lr {recipe['min_lr']:g}" if recipe.get("min_lr") is not None else "")
+    if recipe.get("optimizer"):
+        lr = recipe.get("lr")
+        rows["optimizer"] = recipe["optimizer"] + (f", lr {lr:g}" if lr is not None else "") + (
+            f", muon-lr {recipe['muon_lr']:g}" if recipe["optimizer"] == "muon" and recipe.get("muon_lr") else "")
+    if recipe.get("grad_clip") is not None:
+        clip = recipe["grad_clip"]
+        rows["gradient clip"] = "auto (twice the moving average of the norms)" if clip == "auto" else (
+            "off" if clip == 0 else f"{clip:g}")
     if t.get("recoveries"):
         rows["NaN recoveries"] = str(t["recoveries"])
     console.print(key_value_table("Training", rows))
@@ -228,7 +243,12 @@ def render_checkpoint(s: dict[str, Any]) -> None:
         )
     )
     console.print()
-    console.print(key_value_table("Model config", s["model_config"]))
+    model = dict(s["model_config"])
+    model["output head"] = "tied to the token embedding" if model.get("tie_word_embeddings", True) else "untied (its own matrix)"
+    model["positions"] = {"learned": "learned (GPT-2's table)", "sinusoidal": "sinusoidal (fixed, not trained)",
+                          "rope": f"rope (rotary, theta {model.get('rope_theta', 10000):g})"}.get(
+        model.get("position", "learned"), model.get("position"))
+    console.print(key_value_table("Model config", model))
     console.print()
     params = s["parameters"]
     table = Table(title="Parameters", title_justify="left")
