@@ -331,6 +331,21 @@ class TrainConfig:
 
 # --- prepare ------------------------------------------------------------------------------------
 
+def parse_weighted(value: str) -> tuple[str, float | None]:
+    """'wikipedia:0.6' -> ('wikipedia', 0.6); 'books/' -> ('books/', None). A suffix after the
+    last ':' is a weight only if it is a number (so C:\\corpus and owner/name stay names)."""
+    name, sep, tail = value.rpartition(":")
+    if not sep or not name:
+        return value, None
+    try:
+        weight = float(tail)
+    except ValueError:
+        return value, None
+    if not math.isfinite(weight) or weight <= 0:
+        raise ConfigError(f"--dataset {value}: the weight must be a finite number > 0 (got {tail})")
+    return name, weight
+
+
 TXT_MODES = ("blank", "line", "file")
 SOURCE, TOKENIZER, HYGIENE, OUTPUT = "Source", "Tokenizer", "Cleaning and split", "Output"
 
@@ -402,7 +417,7 @@ class PrepareConfig:
             return Path(self.out)
         stems = []
         for value in self.dataset:
-            name = value.rpartition(":")[0] if re.search(r":[\d.eE+-]+$", value) else value  # drop a weight
+            name = parse_weighted(value)[0]  # without its weight
             base = re.split(r"[*?\[]", name)[0].rstrip("/")  # a glob: the folder it searches
             stems.append(re.sub(r"[^\w-]+", "-", Path(base).name.split(".")[0]) or "dataset")
         return Path("data") / "-".join(stems)

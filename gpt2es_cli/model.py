@@ -68,8 +68,7 @@ class KVCache:
         self.length = 0
 
     def allocate(self, like: torch.Tensor) -> None:
-        """Make the storage now, in the dtype and on the device of `like` (a fixed-shape decode step
-        writes into it in place, so it must exist before the step is compiled)."""
+        """Make the storage if it is not there yet, in the dtype and on the device of `like`."""
         if not self.keys:
             self.keys = [like.new_zeros(self.shape) for _ in range(self.n_layer)]
             self.values = [like.new_zeros(self.shape) for _ in range(self.n_layer)]
@@ -83,9 +82,7 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) after the filled part; return all keys and values so far."""
-        if not self.keys:
-            self.keys = [k.new_zeros(self.shape) for _ in range(self.n_layer)]
-            self.values = [v.new_zeros(self.shape) for _ in range(self.n_layer)]
+        self.allocate(k)
         start, end = self.length, self.length + k.size(2)
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
@@ -227,14 +224,7 @@ class GPT2(nn.Module):
         if limit is not None and past + T > limit:
             raise ValueError(f"sequence of {past + T} tokens exceeds the context of {limit}")
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.wte(idx)  # (B, T, C)
-        rope = None
-        if c.position == "learned":
-            x = x + self.wpe(pos)
-        elif c.position == "sinusoidal":
-            x = x + sinusoidal_table(pos, c.n_embd).to(x.dtype)
-        else:
-            rope = rope_angles(pos, c.head_dim, c.rope_theta)
+        x, rope = self._embed(idx, pos)
         x = self.drop(x)
         # Checkpointing pays off only when a backward pass follows: not in eval, not with a cache.
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
@@ -252,21 +242,24 @@ class GPT2(nn.Module):
         x = self.ln_f(x)
         return self.lm_head(x)  # (B, T, vocab_size), or (B, 1, vocab_size) with last_only
 
+    def _embed(self, idx: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Token embeddings of idx (B, T) at positions pos (T,), with the position encoding added
+        (learned, sinusoidal), or the rotary angles for the attention (rope; else None)."""
+        c = self.config
+        x = self.wte(idx)  # (B, T, C)
+        if c.position == "learned":
+            return x + self.wpe(pos), None
+        if c.position == "sinusoidal":
+            return x + sinusoidal_table(pos, c.n_embd).to(x.dtype), None
+        return x, rope_angles(pos, c.head_dim, c.rope_theta)
+
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, vocab_size) of one new token per sequence, idx (B, 1) at position `pos` (a (1,)
-        long tensor), the cache filled before it (allocated: KVCache.allocate). Every shape is fixed
+        long tensor), the cache filled before it by a forward pass (which allocates its storage). Every shape is fixed
         whatever the position (the key and value are written in place, attention sees the whole
         cache through a mask), so `torch.compile` traces it once, and CUDA graphs can replay it. The
         caller advances cache.length. Inference only (no dropout)."""
-        c = self.config
-        x = self.wte(idx)  # (B, 1, C)
-        rope = None
-        if c.position == "learned":
-            x = x + self.wpe(pos)
-        elif c.position == "sinusoidal":
-            x = x + sinusoidal_table(pos, c.n_embd).to(x.dtype)
-        else:
-            rope = rope_angles(pos, c.head_dim, c.rope_theta)
+        x, rope = self._embed(idx, pos)
         mask = (torch.arange(cache.capacity, device=idx.device) <= pos)[None, :]  # (1, capacity): filled + pos
         for i, block in enumerate(self.h):
             x = block(x, cache, i, rope, (pos, mask))

@@ -24,22 +24,30 @@ def scalars(run_dir, tag):
     return [(e.step, e.value) for e in events.Scalars(tag)], events
 
 
-def test_tensorboard_and_csv_log_the_run_and_a_resume_adds_no_duplicate_step(train_dataset, tmp_path):
-    config = tiny_run(train_dataset, tmp_path / "run", max_steps=8, log_interval=1, eval_interval=4,
-                      save_interval=4, log_to="tensorboard,csv")
+def killed_at_step_6_then_resumed(config, run_dir, after_kill=lambda: None):
+    """Train `config`, stopped by an exception once the loggers saw step 6 (its checkpoint is at
+    step 4), then resume it to the end."""
 
     class Killed(Exception):
         pass
 
-    def kill(event):  # after the loggers saw step 6: the checkpoint is at step 4
+    def kill(event):
         if isinstance(event, StepReport) and event.step == 6:
             raise Killed
 
     with pytest.raises(Killed):
         train(config, subscribers=[kill])
-    checkpoint = load_resume_checkpoint(tmp_path / "run")
+    after_kill()
+    checkpoint = load_resume_checkpoint(run_dir)
     assert checkpoint.training["step"] == 4
-    train(resume_config(checkpoint, {}), resume=checkpoint)  # steps 5 and 6 are logged again
+    train(resume_config(checkpoint, {}), resume=checkpoint)
+
+
+def test_tensorboard_and_csv_log_the_run_and_a_resume_adds_no_duplicate_step(train_dataset, tmp_path):
+    config = tiny_run(train_dataset, tmp_path / "run", max_steps=8, log_interval=1, eval_interval=4,
+                      save_interval=4, log_to="tensorboard,csv")
+
+    killed_at_step_6_then_resumed(config, tmp_path / "run")  # steps 5 and 6 are logged again
 
     loss, events = scalars(tmp_path / "run", "train/loss")
     assert [s for s, _ in loss] == list(range(1, 9))  # each step once, across the two invocations
@@ -154,22 +162,13 @@ def test_wandb_offline_logs_the_run_and_a_resume_continues_the_same_run_without_
     config = tiny_run(train_dataset, tmp_path / "run", max_steps=8, log_interval=1, eval_interval=4,
                       save_interval=4, log_to="wandb", wandb_project="gpt2es-tests")
 
-    class Killed(Exception):
-        pass
+    def close_the_open_run():  # the exception left the W&B run open, as a crashed process would
+        import wandb
 
-    def kill(event):  # after the loggers saw step 6: the checkpoint is at step 4
-        if isinstance(event, StepReport) and event.step == 6:
-            raise Killed
+        if wandb.run is not None:
+            wandb.run.finish(exit_code=1)
 
-    with pytest.raises(Killed):
-        train(config, subscribers=[kill])
-    import wandb
-
-    if wandb.run is not None:  # the exception left the W&B run open, as a crashed process would
-        wandb.run.finish(exit_code=1)
-    checkpoint = load_resume_checkpoint(tmp_path / "run")
-    assert checkpoint.training["step"] == 4
-    train(resume_config(checkpoint, {}), resume=checkpoint)
+    killed_at_step_6_then_resumed(config, tmp_path / "run", after_kill=close_the_open_run)
 
     invocations = wandb_records(tmp_path / "run")
     assert len(invocations) == 2

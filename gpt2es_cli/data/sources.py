@@ -15,7 +15,6 @@ import glob
 import gzip
 import io
 import json
-import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gpt2es_cli.config import TXT_MODES
+from gpt2es_cli.config import TXT_MODES, parse_weighted
 from gpt2es_cli.data.clean import HygieneCounts, decode_utf8
 from gpt2es_cli.demo import DEFAULT_MAX_BYTES
 from gpt2es_cli.errors import ConfigError, DataError
@@ -660,21 +659,6 @@ def open_sources(options: Any) -> Source:
     if len(parts) == 1:
         return one(parts[0][0])
     return MixtureSource([(one(name), weight) for name, weight in parts])
-
-
-def parse_weighted(value: str) -> tuple[str, float | None]:
-    """'wikipedia:0.6' -> ('wikipedia', 0.6); 'books/' -> ('books/', None). A suffix after the
-    last ':' is a weight only if it is a number (so C:\\corpus and owner/name stay names)."""
-    name, sep, tail = value.rpartition(":")
-    if not sep or not name:
-        return value, None
-    try:
-        weight = float(tail)
-    except ValueError:
-        return value, None
-    if not math.isfinite(weight) or weight <= 0:
-        raise ConfigError(f"--dataset {value}: the weight must be a finite number > 0 (got {tail})")
-    return name, weight
 
 
 def mixture_weights(values: Sequence[str]) -> list[tuple[str, float]]:
