@@ -14,6 +14,11 @@ prefix is printed too).
 
 Target (issue 5): ours with the KV cache >= 4x transformers' cached generate at batch 1 on the
 CPU, with greedy output identical to transformers' (float32).
+
+It also prints each precision's weight-read ceiling: at batch 1 every new token must read every
+weight matrix once, so one pass of bare matrix-vector products over the model's matrices (no
+attention, no norms, no Python around them), timed the same way, bounds the tokens/s that any
+implementation can reach with those weights on this machine.
 """
 
 from __future__ import annotations
@@ -53,6 +58,29 @@ OURS8 = "ours int8 weights, bfloat16 (KV cache)"
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def weight_read_ceiling(model: GPT2, device: torch.device, repeats: int) -> tuple[float, int]:
+    """(tokens/s, bytes): one matrix-vector product per weight matrix of `model` (each tied
+    matrix once), the least work of a batch-1 decode step; median of `repeats` passes."""
+    mats = list({id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)}.values())
+    vectors = {(w.shape[1], w.dtype): torch.randn(1, w.shape[1], dtype=w.dtype, device=device) for w in mats}
+
+    def one_pass() -> None:
+        for w in mats:
+            torch.nn.functional.linear(vectors[(w.shape[1], w.dtype)], w)
+
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 3):
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(16):
+                one_pass()
+            sync(device)
+            if i >= 3:  # warm-up passes left out
+                times.append((time.perf_counter() - t) / 16)
+    return 1 / statistics.median(times), sum(w.numel() * w.element_size() for w in mats)
 
 
 def agreeing_prefix(a: list[int], b: list[int]) -> int:
@@ -199,6 +227,13 @@ def main() -> None:
     print(f"  fastest of ours / transformers float32: {rate[fastest] / hf_rate:.2f}x ({fastest})")
     if OURS16 in rate:
         print(f"  ours bfloat16 / transformers bfloat16: {rate[OURS16] / rate[HF16]:.2f}x")
+    for name in (OURS32, OURS16):
+        if name in variants:
+            ceiling, size = weight_read_ceiling(variants[name], device, args.repeats)
+            hf_name = HF32 if name == OURS32 else HF16
+            print(f"  {name.split(' (')[0]} weight-read ceiling: {ceiling:.1f} tokens/s ({size / 1e6:.0f} MB of matrices "
+                  f"read once per token, {size * ceiling / 1e9:.1f} GB/s): ours at {100 * rate[name] / ceiling:.0f}%, "
+                  f"transformers at {100 * rate[hf_name] / ceiling:.0f}%")
     cache_same = outputs[OURS32] == outputs[OURS32_NO_CACHE]
     print(f"  float32 greedy identical with and without the cache: {cache_same}")
     exact = outputs[OURS32] == outputs[HF32]

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from gpt2es_cli.config import ModelConfig
+from gpt2es_cli.loss import linear_cross_entropy
 
 
 def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -211,11 +212,16 @@ class GPT2(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, last_only: bool = False,
+                targets: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
         """Logits for every position of idx (B, T). With a cache, idx continues the cached tokens.
 
         `last_only` returns the logits of the last position only (B, 1, vocab_size): generation
         needs no others, and it spares the output head (the largest matrix) for the prompt.
+
+        With `targets` (B, T) it returns their cross-entropy instead ("mean" or "sum" over the
+        tokens), fused with the output head so that no logits are built (loss.linear_cross_entropy):
+        what training and validation call.
         """
         T = idx.size(1)  # idx: (B, T)
         c = self.config
@@ -240,6 +246,8 @@ class GPT2(nn.Module):
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         x = self.ln_f(x)
+        if targets is not None:
+            return linear_cross_entropy(x, self.lm_head.weight, targets, reduction)
         return self.lm_head(x)  # (B, T, vocab_size), or (B, 1, vocab_size) with last_only
 
     def _embed(self, idx: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:

@@ -12,10 +12,10 @@ import torch.distributed as dist
 
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.errors import ConfigError
+from gpt2es_cli.loss import cross_entropy
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.training import is_main_process
 from gpt2es_cli.training import parallel as parallel_module
-from gpt2es_cli.training.loss import cross_entropy
 from gpt2es_cli.training.parallel import DDP, SingleProcess, init_parallel
 
 
@@ -73,7 +73,7 @@ def test_single_process_is_the_plain_model(model, batch):
     clipped = torch.linalg.vector_norm(torch.stack([g.norm() for g in gradients(model).values()]))
     assert clipped.item() == pytest.approx(1e-3, rel=1e-3)
     with torch.no_grad():
-        torch.testing.assert_close(parallel.eval_forward(x), model(x))
+        torch.testing.assert_close(parallel.eval_loss(x, y), cross_entropy(model(x), y, reduction="sum"))
     values = torch.tensor([1.0, 2.0])
     assert parallel.all_reduce_sum(values) is values and parallel.all_gather({"a": 1}) == [{"a": 1}]
     parallel.barrier()

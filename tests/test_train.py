@@ -13,10 +13,12 @@ from conftest import make_dataset, tiny_run
 from rich.console import Console
 from typer.testing import CliRunner
 
+from gpt2es_cli import loss as loss_module
 from gpt2es_cli.checkpoint import load_checkpoint, save_model
 from gpt2es_cli.cli import app
 from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.errors import ConfigError
+from gpt2es_cli.loss import cross_entropy
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.settings import load_config_file, parse_duration
 from gpt2es_cli.tokenizer import Tokenizer
@@ -31,8 +33,6 @@ from gpt2es_cli.training import (
     train,
 )
 from gpt2es_cli.training import loop as loop_module
-from gpt2es_cli.training import loss as loss_module
-from gpt2es_cli.training.loss import cross_entropy
 from gpt2es_cli.training.optim import learning_rate, parameter_groups
 
 runner = CliRunner()
@@ -97,6 +97,51 @@ def test_chunked_cross_entropy_matches_torch(monkeypatch, dtype):
     torch.testing.assert_close(ours.grad, ref.grad)
     summed = cross_entropy(base, targets, reduction="sum")
     torch.testing.assert_close(summed, expected.detach() * 30)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_linear_cross_entropy_matches_logits_then_loss(monkeypatch, autocast):
+    monkeypatch.setitem(loss_module.LINEAR_CHUNK_ELEMENTS, "cpu", 7 * 50)  # 7 rows a chunk: 30 rows end mid-chunk
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 15, 16)
+    weight = torch.randn(50, 16) * 0.5
+    targets = torch.randint(0, 50, (2, 15))
+    h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        fused = loss_module.linear_cross_entropy(h1, w1, targets)
+        plain = cross_entropy(torch.nn.functional.linear(h2, w2), targets)
+    tol = {"rtol": 2e-2, "atol": 2e-2} if autocast else {}
+    torch.testing.assert_close(fused, plain, **tol)
+    (3 * fused).backward()
+    (3 * plain).backward()
+    assert h1.grad.dtype == w1.grad.dtype == torch.float32
+    torch.testing.assert_close(h1.grad, h2.grad, **tol)
+    torch.testing.assert_close(w1.grad, w2.grad, **tol)
+    with torch.no_grad():  # no gradients made: the loss alone
+        summed = loss_module.linear_cross_entropy(hidden, weight, targets, reduction="sum")
+    exact = torch.nn.functional.cross_entropy((hidden @ weight.t()).view(-1, 50), targets.view(-1), reduction="sum")
+    torch.testing.assert_close(summed, exact)
+    with pytest.raises(ValueError, match="unknown reduction"):
+        loss_module.linear_cross_entropy(hidden, weight, targets, reduction="none")
+
+
+def test_model_loss_with_targets_is_the_loss_of_its_logits(tiny_model):
+    torch.manual_seed(0)
+    x = torch.randint(0, tiny_model.config.vocab_size, (2, 12))
+    y = torch.randint(0, tiny_model.config.vocab_size, (2, 12))
+    fused = tiny_model(x, targets=y)
+    fused.backward()
+    grads = {n: p.grad.clone() for n, p in tiny_model.named_parameters()}
+    tiny_model.zero_grad(set_to_none=True)
+    plain = cross_entropy(tiny_model(x), y)
+    plain.backward()
+    torch.testing.assert_close(fused, plain)
+    for name, p in tiny_model.named_parameters():  # the tied matrix gets both its embedding and head parts
+        torch.testing.assert_close(grads[name], p.grad, msg=name)
+    tiny_model.zero_grad(set_to_none=True)  # the model is shared by the session's tests
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_model(x, targets=y, reduction="sum"), plain.detach() * y.numel())
 
 
 # --- settings ---------------------------------------------------------------------------------

@@ -67,7 +67,6 @@ from gpt2es_cli.training.events import (
     TrainSummary,
     ValidationDone,
 )
-from gpt2es_cli.training.loss import cross_entropy
 from gpt2es_cli.training.metrics import IntervalMeter, peak_flops
 from gpt2es_cli.training.optim import build_optimizer, set_learning_rate
 from gpt2es_cli.training.parallel import Parallel, init_parallel
@@ -80,8 +79,9 @@ SMOOTHING = 0.9
 
 
 def compute_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of targets y (B, T) given inputs x (B, T)."""
-    return cross_entropy(model(x), y)  # logits (B, T, V)
+    """Mean next-token cross-entropy of targets y (B, T) given inputs x (B, T), fused with the
+    output head (no logits are built)."""
+    return model(x, targets=y)
 
 
 def train(
@@ -650,8 +650,7 @@ class _Trainer:
         for starts in batches[parallel.rank :: parallel.world_size]:
             x, y = self.val_windows.batch(starts, self.device)
             with self.precision.autocast():
-                logits = parallel.eval_forward(x)  # (B, T, V)
-            total[0] += cross_entropy(logits, y, reduction="sum")
+                total[0] += parallel.eval_loss(x, y)
             total[1] += y.numel()
         total = parallel.all_reduce_sum(total)
         val_loss = float(total[0] / total[1])

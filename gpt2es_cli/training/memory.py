@@ -3,9 +3,9 @@
 `estimate_training_memory` is a model of the peak of one training step of our GPT-2, by what
 holds the bytes: fp32 weights, gradients and optimizer state, the low-precision weight copies
 autocast makes, the loop's rollback copy, the activations kept for the backward pass (all of
-every block, or only each block's input with activation checkpointing), the logits and their
-gradient, the transient work of the loss and of one block's backward, and what the process
-itself adds. Between steps there is a second peak, on the CPU the larger one at small batches:
+every block, or only each block's input with activation checkpointing), the gradients the
+fused loss and head keep (no logits are built), the transient work of the loss and of one
+block's backward, and what the process itself adds. Between steps there is a second peak, on the CPU the larger one at small batches:
 while the loop renews its rollback copy, the old and the new one are both held. The same
 numbers feed the README's memory table (benchmarks/bench_memory.py) and `choose_batch_size`.
 
@@ -42,8 +42,8 @@ import torch.distributed as dist
 from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.device import Precision, select_precision
 from gpt2es_cli.errors import ConfigError
+from gpt2es_cli.loss import LINEAR_CHUNK_ELEMENTS
 from gpt2es_cli.model import GPT2
-from gpt2es_cli.training.loss import CHUNK_ELEMENTS, cross_entropy
 
 MAX_AUTO_BATCH = 64
 """The largest micro-batch --batch-size auto picks: beyond it a step is no faster per token."""
@@ -79,10 +79,11 @@ class MemoryEstimate:
     the old one goes: for that moment there are two (`between_steps`)."""
     activations: int
     """Kept for the backward pass: every block's (or each block's input, with checkpointing), the
-    final norm's, the logits and their gradient."""
+    final norm's input and the gradient the fused loss made for the head's."""
     workspace: int
     """Transient: the loss's fp32 chunks, one block's backward (and its recomputation), the
-    embedding's dense gradient."""
+    head's weight gradient (made by the fused loss), its scaled copy and the embedding's dense
+    gradient."""
     runtime: int = 0
     """What the process adds beyond tensors (RUNTIME_BYTES)."""
 
@@ -148,12 +149,17 @@ def estimate_training_memory(
     dropout_masks = 2 * C if model.dropout > 0 else 0  # bool masks of the two residual branches
     block = 8 * C + 14 * a * C + FP32 * H + dropout_masks + (ATTENTION_MATH_BYTES * H * seq_len if math_attention else 0)
     kept_per_block = 4 * C if activation_checkpointing else block  # checkpointing keeps the block's fp32 input
-    head = 4 * C + a * C + 2 * a * V  # ln_f input, lm_head input, logits and their gradient
+    # The loss is fused with the head (loss.linear_cross_entropy): kept are the ln_f input and
+    # the gradient the loss made for the head's input (fp32); no logits.
+    head = 4 * C + FP32 * C
     activations = tokens * (L * kept_per_block + head + (C if model.dropout > 0 else 0))
 
-    loss_chunks = 2 * FP32 * min(CHUNK_ELEMENTS.get(device_type, tokens * V), tokens * V)  # fp32 chunk + log-softmax
+    chunk = min(LINEAR_CHUNK_ELEMENTS.get(device_type, tokens * V), tokens * V)
+    loss_chunks = (FP32 + (a if a != FP32 else 0)) * chunk  # a chunk's fp32 softmax (+ its low-precision copy)
     backward = tokens * block * (2 if activation_checkpointing else 1)  # its gradients (+ its recomputation)
-    workspace = loss_chunks + backward + FP32 * V * C  # the embedding's dense gradient, added to the tied one
+    # The head's weight gradient (fp32, made during the forward), its scaled copy in backward and
+    # the embedding's dense gradient that is added to it.
+    workspace = loss_chunks + backward + 3 * FP32 * V * C
     return MemoryEstimate(
         weights=weights, gradients=gradients, optimizer=optimizer_bytes, autocast_copies=copies,
         rollback=rollback, activations=activations, workspace=workspace, runtime=RUNTIME_BYTES.get(device_type, 0),
@@ -315,7 +321,7 @@ def _training_pass(model: GPT2, seq_len: int, precision: Precision, b: int) -> i
     y = torch.randint(0, model.config.vocab_size, (b, seq_len), device=device)
     torch.cuda.reset_peak_memory_stats(device)
     with precision.autocast():
-        loss = cross_entropy(model(x), y)
+        loss = model(x, targets=y)
     loss.backward()
     model.zero_grad(set_to_none=False)  # gradients stay allocated, as between micro-steps
     torch.cuda.synchronize(device)

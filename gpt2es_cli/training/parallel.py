@@ -66,8 +66,9 @@ class Parallel(ABC):
         """Clip the gradients' total norm over the whole model to max_norm; return the norm before."""
 
     @abstractmethod
-    def eval_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V) for inputs x (B, T) in evaluation (no gradients, no sync)."""
+    def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of targets y (B, T) given inputs x (B, T), in evaluation (no
+        gradients, no sync)."""
 
     @abstractmethod
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -117,8 +118,8 @@ class SingleProcess(Parallel):
     def clip_grad_norm(self, max_norm: float) -> float:
         return float(torch.nn.utils.clip_grad_norm_(self._model.parameters(), max_norm))
 
-    def eval_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._model(x)
+    def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._model(x, targets=y, reduction="sum")
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         return values

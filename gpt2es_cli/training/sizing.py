@@ -38,7 +38,6 @@ import torch.distributed as dist
 from gpt2es_cli.config import DEFAULT_LR, PRESETS, ModelConfig, TrainConfig
 from gpt2es_cli.device import Precision
 from gpt2es_cli.model import GPT2
-from gpt2es_cli.training.loss import cross_entropy
 from gpt2es_cli.training.memory import ESTIMATE_SHARE, available_memory, estimate_training_memory, parameter_count
 from gpt2es_cli.training.optim import build_optimizer
 
@@ -206,7 +205,7 @@ def _time_steps(model_config: ModelConfig, config: TrainConfig, seq_len: int, ba
                 _synchronize(device)
                 t0 = time.perf_counter()
                 with precision.autocast():
-                    loss = cross_entropy(model(x), y)
+                    loss = model(x, targets=y)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
