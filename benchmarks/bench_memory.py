@@ -121,6 +121,8 @@ def measured_table(args: argparse.Namespace) -> None:
     print("| preset | seq-len | batch | precision | checkpointing | measured | estimate | estimate / measured |")
     print("|---|---:|---:|---|---|---:|---:|---:|")
     for preset, seq_len, batches, precision in MEASURED:
+        if args.measure and preset not in args.measure:
+            continue
         config = model_config(preset, seq_len, args.vocab)
         dtype = torch.bfloat16 if precision == "bfloat16" else None
         for batch in batches:
@@ -180,6 +182,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="training steps per measured configuration")
     parser.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)
     parser.add_argument("--no-measure", action="store_true", help="only the computed GPU table")
+    parser.add_argument("--measure", type=lambda v: v.split(","), metavar="PRESETS",
+                        help="measure only these presets' rows (comma-separated, e.g. gpt2)")
     # The child process's own arguments:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)

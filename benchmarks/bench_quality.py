@@ -475,10 +475,13 @@ def main() -> None:
                 print(f"  {name} ({size_name(size)}): {result['steps']} steps, {result['tokens']:,} tokens, "
                       f"{result['seconds']:.0f} s, {bpb:.3f} bits/byte", flush=True)
                 done[name] = run
-                if extra == [] and not args.no_reference and ours_size([], run) != base:
-                    # --preset auto chose another size than the reference's: a reference row at that size too
-                    chosen = ours_size([], run)
-                    queue.insert(0, (f"nanoGPT reference {size_name(chosen)}", None, chosen))
+                chosen = ours_size([], run) if extra == [] else None
+                named = f"nanoGPT reference {size_name(chosen)}" if chosen else None
+                if chosen and not args.no_reference and chosen != base and named not in done \
+                        and all(q[0] != named for q in queue) and named not in [n for n, *_ in pair]:
+                    # --preset auto chose another size than the reference's: a reference row at that
+                    # size too, unless --reference-size already asked for it
+                    queue.insert(0, (named, None, chosen))
             if len(queue) == 1 and queue[0][1] is not None and not args.no_reference:
                 queue.append((f"nanoGPT reference {size_name(base)} (again)", None, base))
 

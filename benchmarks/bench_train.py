@@ -20,6 +20,7 @@ gpt2es_cli/training/metrics.py (the datasheet figure), besides the measured matm
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import statistics
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from gpt2es_cli.config import ModelConfig, TrainConfig
+from gpt2es_cli.device import cpu_has_native_bf16
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.training.loop import compute_loss
 from gpt2es_cli.training.metrics import peak_flops
@@ -92,9 +94,18 @@ def bench_speed(args: argparse.Namespace) -> None:
     print(f"load average {_load()} (the other processes on this machine) | threads {torch.get_num_threads()} | preset {args.preset} ({ours.num_parameters() / 1e6:.1f}M params, "
           f"vocab {args.vocab}) | batch {args.batch} x {T} tokens | {flops_per_token / 1e6:.1f} MFLOP/token")
 
+    if args.precision == "auto":  # bf16 only where it is native: emulated, a step takes minutes
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+        args.precision = "both" if native else "fp32"
+        if not native:
+            print("note: this device has no native bf16 (emulated bf16 steps take minutes): fp32 only; "
+                  "--precision both forces it")
+    timed_bf16 = args.precision in ("both", "bf16")
+
     def measure_peaks() -> dict[str, float]:
+        # The bf16 peak only when bf16 is timed: emulated, one 2048^3 product takes a minute.
         return {"fp32": matmul_peak(torch.float32, args.matmul_n, device),
-                "bf16": matmul_peak(torch.bfloat16, args.matmul_n, device)}
+                "bf16": matmul_peak(torch.bfloat16, args.matmul_n, device) if timed_bf16 else math.nan}
 
     peaks = measure_peaks()
     x_full = torch.randint(0, args.vocab, (args.batch, T + 1), device=device)
@@ -253,7 +264,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=None, help="default: the preset's context")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per model and precision")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--precision", choices=["both", "fp32", "bf16"], default="both")
+    parser.add_argument("--precision", choices=["auto", "both", "fp32", "bf16"], default="auto",
+                        help="auto: both where bf16 is native, else fp32")
     parser.add_argument("--matmul-n", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")

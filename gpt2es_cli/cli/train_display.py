@@ -65,7 +65,7 @@ def _plan_line(p: PlanFitted, resumed: bool = False) -> str:
     bound = "" if p.budget == "max_time" else f" (the step budget binds first; {p.time_steps:,} would fit)"
     return (
         f"{what}: {p.total_steps:,} steps in {fmt.duration(p.max_time)}{bound} ({costs}) | warmup {p.warmup_steps} | "
-        f"{p.evals} {'more ' if p.step else ''}evaluations of {p.eval_batches} batch{'es' if p.eval_batches != 1 else ''} | "
+        f"{p.evals} {'' if p.first and not resumed else 'more '}evaluations of {p.eval_batches} batch{'es' if p.eval_batches != 1 else ''} | "
         f"ends at {fmt.clock(p.projected)}"
     )
 
