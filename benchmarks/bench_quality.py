@@ -476,12 +476,12 @@ def main() -> None:
                       f"{result['seconds']:.0f} s, {bpb:.3f} bits/byte", flush=True)
                 done[name] = run
                 chosen = ours_size([], run) if extra == [] else None
-                named = f"nanoGPT reference {size_name(chosen)}" if chosen else None
-                if chosen and not args.no_reference and chosen != base and named not in done \
-                        and all(q[0] != named for q in queue) and named not in [n for n, *_ in pair]:
+                if chosen and chosen != base and not args.no_reference:
                     # --preset auto chose another size than the reference's: a reference row at that
-                    # size too, unless --reference-size already asked for it
-                    queue.insert(0, (named, None, chosen))
+                    # size too, unless one is already run or queued (--reference-size)
+                    named = f"nanoGPT reference {size_name(chosen)}"
+                    if named not in done.keys() | {n for n, *_ in (*pair, *queue)}:
+                        queue.insert(0, (named, None, chosen))
             if len(queue) == 1 and queue[0][1] is not None and not args.no_reference:
                 queue.append((f"nanoGPT reference {size_name(base)} (again)", None, base))
 

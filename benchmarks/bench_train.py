@@ -94,12 +94,6 @@ def bench_speed(args: argparse.Namespace) -> None:
     print(f"load average {_load()} (the other processes on this machine) | threads {torch.get_num_threads()} | preset {args.preset} ({ours.num_parameters() / 1e6:.1f}M params, "
           f"vocab {args.vocab}) | batch {args.batch} x {T} tokens | {flops_per_token / 1e6:.1f} MFLOP/token")
 
-    if args.precision == "auto":  # bf16 only where it is native: emulated, a step takes minutes
-        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-        args.precision = "both" if native else "fp32"
-        if not native:
-            print("note: this device has no native bf16 (emulated bf16 steps take minutes): fp32 only; "
-                  "--precision both forces it")
     timed_bf16 = args.precision in ("both", "bf16")
 
     def measure_peaks() -> dict[str, float]:
@@ -277,6 +271,12 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true",
                         help="also time our model with each position encoding and the untied head against learned")
     args = parser.parse_args()
+    if args.precision == "auto":  # bf16 only where it is native: emulated, a step takes minutes
+        native = torch.cuda.is_bf16_supported() if args.device.startswith("cuda") else cpu_has_native_bf16()
+        args.precision = "both" if native else "fp32"
+        if not native:
+            print("note: this device has no native bf16 (emulated bf16 steps take minutes): fp32 only; "
+                  "--precision both forces it")
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -5,9 +5,10 @@ holds the bytes: fp32 weights, gradients and optimizer state, the low-precision 
 autocast makes, the loop's rollback copy, the activations kept for the backward pass (all of
 every block, or only each block's input with activation checkpointing), the gradients the
 fused loss and head keep (no logits are built), the transient work of the loss and of one
-block's backward, and what the process itself adds. Between steps there is a second peak, on the CPU the larger one at small batches:
-while the loop renews its rollback copy, the old and the new one are both held. The same
-numbers feed the README's memory table (benchmarks/bench_memory.py) and `choose_batch_size`.
+block's backward, and what the process itself adds. Between steps there is a second peak, on
+the CPU the larger one at small batches: while the loop renews its rollback copy, the old and
+the new one are both held. The same numbers feed the README's memory table
+(benchmarks/bench_memory.py) and `choose_batch_size`.
 
 `choose_batch_size` resolves `--batch-size auto` before the run starts: on CUDA it measures,
 running real forward/backward passes at the real sequence length (precision and activation
