@@ -110,7 +110,12 @@ def wandb_records(run_dir):
     with a 7-byte header: checksum, length, type) and parsed with W&B's own protobuf classes."""
     import struct
 
+    import wandb
+
     pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
+    # run.finish() returns before W&B's service process has flushed and closed the .wandb file;
+    # teardown, which a CLI process runs at exit, waits for the service to finish writing.
+    wandb.teardown()
     runs = []
     for path in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")):
         data, records, pos, chunk = path.read_bytes(), [], 7, b""
