@@ -69,9 +69,12 @@ def prepare_data(work: Path) -> tuple[Path, Path]:
         for f in sorted(CORPUS.glob("*.txt")):
             if f.name != HELD_OUT:
                 (books / f.name).symlink_to(f)
-    ours = work / "ours-data"
-    if not (ours / "meta.json").is_file():
-        print("preparing the books with gpt2es prepare (its own BPE tokenizer)...", flush=True)
+    from gpt2es_cli.config import PrepareConfig
+
+    vocab = PrepareConfig().vocab_size  # prepare's default: the data follows it when it changes
+    ours = work / f"ours-data-v{vocab}"
+    if not (ours / "meta.json").is_file() or json.loads((ours / "meta.json").read_text())["vocab_size"] != vocab:
+        print(f"preparing the books with gpt2es prepare (its own BPE tokenizer, {vocab:,} tokens)...", flush=True)
         subprocess.run(
             [sys.executable, "-m", "gpt2es_cli", "prepare", "-d", str(books), "--txt-mode", "file",
              "-o", str(ours), "--force"],

@@ -117,6 +117,11 @@ PRESETS: dict[str, ModelConfig] = {
 # --- training -----------------------------------------------------------------------------------
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd", "onecycle")
+DEFAULT_VOCAB_SIZE = 8192
+"""A trained tokenizer's vocabulary unless --vocab-size is given. Small models, the ones laptop and
+consumer-GPU budgets train best, spend most of their compute in the vocabulary x width output head:
+on the book corpus at 15 minutes, 8,192 tokens scored 1.823 bits/byte, 16,384 1.868 and 32,768 1.906
+(benchmarks/bench_quality.py; README, "Quality for a time budget")."""
 DEFAULT_LR = 6e-4
 """GPT-2's peak learning rate, for --lr when it is not given (and --preset auto does not size the model)."""
 OPTIMIZERS = ("adamw", "muon")
@@ -380,7 +385,7 @@ class PrepareConfig:
     """'train' a byte-level BPE on the train split, 'gpt2' (Hub cache), a tokenizer.json / a directory with
     tokenizer.json or vocab.json + merges.txt, or a checkpoint or dataset whose tokenizer to reuse (e.g. to
     fine-tune that checkpoint with --init-from)."""
-    vocab_size: int = setting(32768, ge=257, le=2**32, panel=TOKENIZER)
+    vocab_size: int = setting(DEFAULT_VOCAB_SIZE, ge=257, le=2**32, panel=TOKENIZER)
     """Vocabulary size of a trained tokenizer (at least 257: 256 bytes + <|endoftext|>)."""
     tokenizer_revision: str | None = setting(None, panel=TOKENIZER, metavar="REV", default_text="main")
     """Branch, tag or commit of a Hub model id given to --tokenizer."""
