@@ -56,7 +56,7 @@ LADDER: tuple[tuple[int, int, int, int], ...] = (
 TOKENS_PER_PARAMETER = 2.0
 """The fewest training tokens per block parameter a chosen model gets (bench_quality.py: at 15
 minutes the winners trained 2.7 (32k vocabulary) and 8.7 (8k) tokens per block parameter, the
-larger shapes that lost 0.15-1.15, and 4x128 tied 2x128 at 1.55)."""
+larger shapes that lost 0.15-1.15, and 4x128 tied 2x128 at 1.2)."""
 TRAIN_SHARE = 0.85
 """Share of --max-time spent in training steps (the rest: evaluations, saves, start-up)."""
 PROBE_SHARE = 0.05
