@@ -69,11 +69,10 @@ def prepare_data(work: Path) -> tuple[Path, Path]:
         for f in sorted(CORPUS.glob("*.txt")):
             if f.name != HELD_OUT:
                 (books / f.name).symlink_to(f)
-    from gpt2es_cli.config import PrepareConfig
+    from gpt2es_cli.config import DEFAULT_VOCAB_SIZE as vocab  # prepare's default: the data follows it
 
-    vocab = PrepareConfig().vocab_size  # prepare's default: the data follows it when it changes
     ours = work / f"ours-data-v{vocab}"
-    if not (ours / "meta.json").is_file() or json.loads((ours / "meta.json").read_text())["vocab_size"] != vocab:
+    if not (ours / "meta.json").is_file():
         print(f"preparing the books with gpt2es prepare (its own BPE tokenizer, {vocab:,} tokens)...", flush=True)
         subprocess.run(
             [sys.executable, "-m", "gpt2es_cli", "prepare", "-d", str(books), "--txt-mode", "file",

@@ -117,11 +117,6 @@ PRESETS: dict[str, ModelConfig] = {
 # --- training -----------------------------------------------------------------------------------
 
 SCHEDULES = ("cosine", "linear", "constant", "wsd", "onecycle")
-DEFAULT_VOCAB_SIZE = 8192
-"""A trained tokenizer's vocabulary unless --vocab-size is given. Small models, the ones laptop and
-consumer-GPU budgets train best, spend most of their compute in the vocabulary x width output head:
-on the book corpus at 15 minutes, 8,192 tokens scored 1.823 bits/byte, 16,384 1.868 and 32,768 1.906
-(benchmarks/bench_quality.py; README, "Quality for a time budget")."""
 DEFAULT_LR = 6e-4
 """GPT-2's peak learning rate, for --lr when it is not given (and --preset auto does not size the model)."""
 OPTIMIZERS = ("adamw", "muon")
@@ -335,6 +330,13 @@ class TrainConfig:
 
 
 # --- prepare ------------------------------------------------------------------------------------
+
+DEFAULT_VOCAB_SIZE = 8192
+"""A trained tokenizer's vocabulary unless --vocab-size is given. Small models, the ones laptop and
+consumer-GPU budgets train best, spend most of their compute in the vocabulary x width output head:
+on the book corpus at 15 minutes, 8,192 tokens scored 1.823 bits/byte, 16,384 1.868 and 32,768 1.906
+(benchmarks/bench_quality.py; README, "Quality for a time budget")."""
+
 
 def parse_weighted(value: str) -> tuple[str, float | None]:
     """'wikipedia:0.6' -> ('wikipedia', 0.6); 'books/' -> ('books/', None). A suffix after the

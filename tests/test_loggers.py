@@ -110,8 +110,7 @@ def wandb_records(run_dir):
     with a 7-byte header: checksum, length, type) and parsed with W&B's own protobuf classes."""
     import struct
 
-    import wandb
-
+    wandb = pytest.importorskip("wandb")
     pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
     # run.finish() returns before W&B's service process has flushed and closed the .wandb file;
     # teardown, which a CLI process runs at exit, waits for the service to finish writing.
