@@ -309,6 +309,11 @@ class TrainConfig:
         """--lr, or its default when not given (plan_run resolves --preset auto's first)."""
         return self.lr if self.lr is not None else DEFAULT_LR
 
+    @property
+    def floor_lr(self) -> float:
+        """--min-lr, or its default: the peak rate / 10."""
+        return self.min_lr if self.min_lr is not None else self.peak_lr / 10
+
     def model_overrides(self) -> dict[str, Any]:
         """The model fields this config sets (None ones left out; --untied-head as tie_word_embeddings)."""
         found = {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}

@@ -182,8 +182,7 @@ class Schedule:
         parts = tuple(s if isinstance(s, Segment) else Segment(**{
             k: bool(v) if k == "stretch" else int(v) for k, v in s.items()
         }) for s in segments)
-        min_lr = config.min_lr if config.min_lr is not None else config.peak_lr / 10
-        return cls(lr=config.peak_lr, min_lr=min_lr, kind=config.schedule, decay_fraction=config.decay_fraction,
+        return cls(lr=config.peak_lr, min_lr=config.floor_lr, kind=config.schedule, decay_fraction=config.decay_fraction,
                    segments=parts)
 
 
