@@ -258,7 +258,6 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         _check_batch_fits(config, model_config, seq_len, world_size)
     budgets = step_budgets(config, train_tokens, tokens_per_step)
     steps = plan_steps(config, budgets, train_tokens, tokens_per_step, resume.training if resume else None)
-    min_lr = config.floor_lr
 
     if resume is not None:
         done, trained = int(resume.training["step"]), float(resume.training.get("elapsed") or 0.0)
@@ -289,7 +288,7 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         )
 
     resolved = replace(
-        config, out=str(run_dir), seq_len=seq_len, global_batch=global_batch, min_lr=min_lr
+        config, out=str(run_dir), seq_len=seq_len, global_batch=global_batch, min_lr=config.floor_lr
     )
     return RunPlan(
         config=resolved,
