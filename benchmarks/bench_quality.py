@@ -373,8 +373,10 @@ def launch_reference(data: Path, out: Path, minutes: float, size: dict) -> subpr
 def ours_result(run: Path) -> dict:
     from gpt2es_cli.checkpoint import load_checkpoint
 
-    t = load_checkpoint(run / "last.pth").training or {}
-    return {"steps": t.get("step"), "tokens": t.get("tokens_seen"), "seconds": t.get("elapsed")}
+    t = load_checkpoint(run / "last.pth").training
+    if t is None:
+        return {"steps": None, "tokens": None, "seconds": None}
+    return {"steps": t.step, "tokens": t.tokens_seen, "seconds": t.elapsed}
 
 
 def score_runs(runs: list[Path]) -> None:

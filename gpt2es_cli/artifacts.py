@@ -9,7 +9,7 @@
     data directory    a prepared dataset (meta.json); for `eval` with none given, the dataset
                       the checkpoint was trained on (`recorded_dataset`)
 
-This module sits above checkpoint.py, hf.py and data/: it only dispatches to them. Defaults
+This module sits above checkpoint.py, hf/ and data/: it only dispatches to them. Defaults
 come back as a `Chosen` (the path and why), so the CLI can say which file it picked.
 """
 

@@ -9,20 +9,21 @@ numbers and tensors, so it loads with `torch.load(weights_only=True)` and never 
     model_config      ModelConfig as a dict
     model             the model's state_dict
     tokenizer         the tokenizer's JSON text (tokenizers library), or None
-    training          None, or a dict: optimizer/scheduler/scaler state, step, tokens seen,
-                      RNG states, metrics history, training config (written by training/loop.py)
+    training          None, or a `TrainingState` as a dict: what --resume needs (the run's
+                      progress, settings, optimizer, data position, RNG states, metrics history)
     extra             free-form plain data (e.g. what dataset it was trained on)
 
-`load_checkpoint` reads this format only. Whatever else a CHECKPOINT argument may name (a run
+`load_checkpoint` reads this format only; `TrainingState.from_dict` is the one reader of a
+training state, older layouts included. Whatever else a CHECKPOINT argument may name (a run
 directory, a Hugging Face directory, nothing at all) is resolved in artifacts.py; the Hugging
-Face format is in hf.py, which builds on `clean_state_dict` and `safe_torch_load` here.
+Face format is in hf/, which builds on `clean_state_dict` and `safe_torch_load` here.
 """
 
 from __future__ import annotations
 
 import pickle
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,135 @@ from gpt2es_cli.tokenizer import Tokenizer
 
 FORMAT = "gpt2es-checkpoint"
 FORMAT_VERSION = 1
+TRAINING_STATE_VERSION = 2
+"""The layout of a training state: 1, before it was versioned (some keys may be missing); 2, every field."""
+
+
+@dataclass
+class Progress:
+    """How far a run has got: what the training loop counts and tracks from step to step. It is
+    the first part of a `TrainingState`, so a new field here is saved and resumed with no other
+    change."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    tokens_seen: int = 0
+    lr_scale: float = 1.0
+    """Multiplies the scheduled learning rate: halved by each rollback after a non-finite loss."""
+    smoothed_loss: float | None = None
+    """Exponential moving average of the training loss."""
+    best_val_loss: float | None = None
+    val_loss: float | None = None
+    """The last validation loss."""
+    recoveries: int = 0
+    """Rollbacks after a non-finite loss, over the whole run."""
+    elapsed: float = 0.0
+    """Seconds of training in the whole run (every invocation), as of the last save."""
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """The prepared dataset a run trains on, so a resume can refuse another one."""
+
+    path: str
+    train_sha256: str | None = None
+    """The checksum of its train.bin."""
+
+
+@dataclass
+class TrainingState(Progress):
+    """Everything --resume needs to continue a run exactly, as plain data (so it loads with
+    weights_only=True): the run's `Progress`, then its settings and its components' states (the
+    optimizer's, the loss scaler's, the data sampler's, ...: their own state_dict()s, which only
+    they read)."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    """The run's settings (TrainConfig.to_dict(), every default resolved)."""
+    total_steps: int | None = None
+    """The steps planned when it was saved."""
+    plan: dict[str, Any] | None = None
+    """The step plan (budget.StepPlan.state()): schedule segments, time fit, evaluations."""
+    optimizer: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    """fp16 loss scaling (None when the run does not scale)."""
+    data: dict[str, Any] | None = None
+    """Where the window sampler stands."""
+    rng: list[dict[str, Any]] = field(default_factory=list)
+    """The RNG states of every process, in rank order."""
+    world_size: int = 1
+    dataset: TrainedOn | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    """The metrics record of every event so far (metrics.jsonl's lines)."""
+    meter: dict[str, Any] | None = None
+    """The log interval in progress."""
+    clip: dict[str, Any] | None = None
+    """Adaptive gradient clipping's history."""
+
+    @property
+    def progress(self) -> Progress:
+        """Its Progress fields, as a Progress of their own."""
+        return Progress(**{f.name: getattr(self, f.name) for f in fields(Progress)})
+
+    @property
+    def resumable(self) -> bool:
+        """It holds what a resume starts from: the settings and the optimizer's state."""
+        return bool(self.config) and self.optimizer is not None
+
+    def scalars(self) -> dict[str, Any]:
+        """Its plain numbers (the progress, the planned steps, the processes), for summaries."""
+        return {**asdict(self.progress), "total_steps": self.total_steps, "world_size": self.world_size}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict saved in the checkpoint."""
+        data: dict[str, Any] = {"version": TRAINING_STATE_VERSION}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = asdict(value) if isinstance(value, TrainedOn) else value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingState:
+        """Read a saved training state of any version gpt2es has written. Version 1 states may lack
+        any key (the first ones have no plan, meter, clipping state, recoveries count or dataset
+        record): a missing one takes its default, and the recoveries are counted from the metrics
+        history."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"the training state is a {type(data).__name__}, not a dict")
+        version = data.get("version", 1)
+        if not isinstance(version, int) or version > TRAINING_STATE_VERSION:
+            raise CheckpointError(
+                f"its training state has version {version!r}, newer than this gpt2es reads "
+                f"({TRAINING_STATE_VERSION}): upgrade with pip install -U gpt2es"
+            )
+        metrics = list(data.get("metrics") or [])
+        progress = {f.name: _plain(data.get(f.name), f.default) for f in fields(Progress)}
+        if data.get("recoveries") is None:
+            progress["recoveries"] = sum(1 for r in metrics if isinstance(r, dict) and r.get("type") == "recovery")
+        dataset = data.get("dataset")
+        total = data.get("total_steps")
+        return cls(
+            **progress,
+            config=dict(data.get("config") or {}),
+            total_steps=int(total) if total is not None else None,
+            plan=data.get("plan") or None,
+            optimizer=data.get("optimizer"),
+            scaler=data.get("scaler") or None,
+            data=data.get("data"),
+            rng=list(data.get("rng") or []),
+            world_size=int(data.get("world_size") or 1),
+            dataset=TrainedOn(str(dataset["path"]), dataset.get("train_sha256"))
+            if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) else None,
+            metrics=metrics,
+            meter=data.get("meter") or None,
+            clip=data.get("clip"),
+        )
+
+
+def _plain(value: Any, default: Any) -> Any:
+    """A saved number in the type of its field's default (the default when missing)."""
+    if value is None:
+        return default
+    return type(default)(value) if isinstance(default, (int, float)) else value
 
 
 @dataclass
@@ -46,7 +176,8 @@ class Checkpoint:
     model_config: ModelConfig
     model_state: dict[str, torch.Tensor]
     tokenizer_json: str | None = None
-    training: dict[str, Any] | None = None
+    training: TrainingState | None = None
+    """What --resume needs (last.pth); None for weights only (best.pth, exports, Hugging Face models)."""
     extra: dict[str, Any] = field(default_factory=dict)
     gpt2es_version: str = __version__
     format_version: int = FORMAT_VERSION
@@ -73,11 +204,10 @@ class Checkpoint:
 
     @property
     def trained_on(self) -> str | None:
-        """The dataset directory this model was trained on, as recorded (None when unknown):
-        training['dataset']['path'] in last.pth, extra['dataset'] in best.pth."""
-        dataset = (self.training or {}).get("dataset")
-        if isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
-            return dataset["path"]
+        """The dataset directory this model was trained on, as recorded (None when unknown): the
+        training state's in last.pth, extra['dataset'] in best.pth."""
+        if self.training is not None and self.training.dataset is not None:
+            return self.training.dataset.path
         recorded = (self.extra or {}).get("dataset")
         return recorded if isinstance(recorded, str) else None
 
@@ -118,28 +248,26 @@ class Checkpoint:
             "model_config": self.model_config.to_dict(),
             "model": clean_state_dict(self.model_state),
             "tokenizer": self.tokenizer_json,
-            "training": self.training,
+            "training": self.training.to_dict() if self.training is not None else None,
             "extra": self.extra,
         }
 
 
-def _training_summary(training: dict[str, Any]) -> dict[str, Any]:
+def _training_summary(training: TrainingState) -> dict[str, Any]:
     """Scalars of a training state (optimizer and RNG states skipped) plus its metrics history."""
-    summary = {k: v for k, v in training.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    dataset = training.get("dataset")
-    if isinstance(dataset, dict) and "path" in dataset:
-        summary["dataset"] = dataset["path"]
-    records = training.get("metrics") or []
+    summary: dict[str, Any] = training.scalars()
+    if training.dataset is not None:
+        summary["dataset"] = training.dataset.path
+    records = training.metrics
     train = [(r["step"], r["loss"]) for r in records if r.get("type") == "train" and r.get("loss") is not None]
     evals = [r for r in records if r.get("type") == "eval" and r.get("val_loss") is not None]
     summary["train_loss"] = [{"step": step, "loss": loss} for step, loss in train]
     summary["evals"] = [
         {k: r.get(k) for k in ("step", "tokens", "val_loss", "val_perplexity", "elapsed") if k in r} for r in evals
     ]
-    summary.setdefault("recoveries", sum(1 for r in records if r.get("type") == "recovery"))
-    config = training.get("config")
-    if isinstance(config, dict):  # how it was trained: the recipe's settings, resolved
-        plan = training.get("plan") if isinstance(training.get("plan"), dict) else {}
+    config = training.config
+    if config:  # how it was trained: the recipe's settings, resolved
+        plan = training.plan if isinstance(training.plan, dict) else {}
         summary["recipe"] = {
             **{k: config.get(k) for k in ("optimizer", "lr", "muon_lr", "min_lr", "schedule", "weight_decay",
                                          "grad_clip", "batch_size", "global_batch", "seq_len", "max_time")},
@@ -178,7 +306,7 @@ def save_model(
     model: torch.nn.Module,
     config: ModelConfig,
     tokenizer: Tokenizer | None,
-    training: dict[str, Any] | None = None,
+    training: TrainingState | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Convenience: save a live model (compiled or DDP-wrapped is fine) with its tokenizer."""
@@ -223,11 +351,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 f"{path} is a damaged gpt2es checkpoint: its weights do not fit its model config: "
                 f"{problems[0]}{more}; use another checkpoint (a run's last.pth or best.pth)"
             )
+        training = data.get("training")
         return Checkpoint(
             model_config=config,
             model_state=data["model"],
             tokenizer_json=data.get("tokenizer"),
-            training=data.get("training"),
+            training=TrainingState.from_dict(training) if training is not None else None,
             extra=data.get("extra") or {},
             gpt2es_version=str(data.get("gpt2es_version")),
             format_version=version,

@@ -9,9 +9,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from gpt2es_cli.demo import DEFAULT_MAX_BYTES as DEMO_BYTES
 from gpt2es_cli.errors import ConfigError, GenerationError
-from gpt2es_cli.settings import build, field_problems, parse_duration, parse_size, setting
+from gpt2es_cli.settings import Settings, build, field_problems, parse_duration, parse_size, setting
 
 ACTIVATIONS = ("gelu", "gelu_new")
 POSITIONS = ("learned", "sinusoidal", "rope")
@@ -123,15 +122,16 @@ OPTIMIZERS = ("adamw", "muon")
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_positions", "dropout", "position", "rope_theta")
 """TrainConfig fields that override the preset's ModelConfig."""
 
-EXTRA_LOGGERS = ("tensorboard", "wandb", "csv")
 
 
 def parse_loggers(value: object, option: str = "--log-to") -> str:
-    """'tensorboard, csv' -> 'tensorboard,csv': known names, each once, in the order given."""
+    """'tensorboard, csv' -> 'tensorboard,csv': names of registered loggers, each once, in the order given."""
+    from gpt2es_cli.training.subscribers.registry import OPTIONAL  # imports nothing; here, once config is loaded
+
     names = [n.strip().lower() for n in str(value).split(",") if n.strip()]
-    unknown = [n for n in names if n not in EXTRA_LOGGERS]
+    unknown = [n for n in names if n not in OPTIONAL]
     if unknown:
-        raise ConfigError(f"{option}: unknown logger(s) {', '.join(unknown)}: choose from {', '.join(EXTRA_LOGGERS)}")
+        raise ConfigError(f"{option}: unknown logger(s) {', '.join(unknown)}: choose from {', '.join(OPTIONAL)}")
     return ",".join(dict.fromkeys(names))
 
 
@@ -161,8 +161,8 @@ class TrainConfig:
     seed: int = setting(1337, ge=0, le=2**63 - 1, panel=DATA)
     """Seed of the initial weights, the data order and dropout."""
     preset: str = setting("auto", choices=("auto", *PRESETS), short="-p", panel=MODEL)
-    """Model preset, or auto: with --max-time the size this machine trains best in that time (measured
-    on the first seconds; see README), else small. Ignored with --init-from."""
+    """Model preset, or auto: with --max-time the size this machine trains best in that time (timed in the
+    first seconds), else small. Ignored with --init-from."""
     n_layer: int | None = setting(None, ge=1, le=1024, panel=MODEL)
     """Override the preset's number of blocks."""
     n_head: int | None = setting(None, ge=1, le=1024, panel=MODEL)
@@ -219,7 +219,7 @@ class TrainConfig:
     """AdamW's second-moment decay."""
     optimizer: str = setting("muon", choices=OPTIMIZERS, panel=OPTIM)
     """muon: Muon for the blocks' weight matrices and AdamW for embeddings, the tied head, norms and biases
-    (lower loss for the same time in bench_quality.py); or adamw for every parameter."""
+    (benchmarks/bench_quality.py compares the two at a fixed time); or adamw for every parameter."""
     muon_lr: float = setting(3e-3, gt=0, le=10, panel=OPTIM)
     """Peak learning rate of the Muon group (--optimizer muon), on AdamW's scale (each matrix's update is sized
     like AdamW's); it follows the same schedule as --lr."""
@@ -336,11 +336,13 @@ class TrainConfig:
 
 # --- prepare ------------------------------------------------------------------------------------
 
+DEMO_MAX_BYTES = 4_000_000
+"""Default size of the demo corpus in UTF-8 bytes (about 3,000 tales: minutes of CPU training)."""
+
 DEFAULT_VOCAB_SIZE = 8192
-"""A trained tokenizer's vocabulary unless --vocab-size is given. Small models, the ones laptop and
-consumer-GPU budgets train best, spend most of their compute in the vocabulary x width output head:
-on the book corpus at 15 minutes, 8,192 tokens scored 1.823 bits/byte, 16,384 1.868 and 32,768 1.906
-(benchmarks/bench_quality.py; README, "Quality for a time budget")."""
+"""A trained tokenizer's vocabulary unless --vocab-size is given. Small: the small models that laptop and
+consumer-GPU budgets train best spend most of their compute in the vocabulary x width output head
+(benchmarks/bench_quality.py compares vocabularies at a fixed time budget)."""
 
 
 def parse_weighted(value: str) -> tuple[str, float | None]:
@@ -363,10 +365,12 @@ SOURCE, TOKENIZER, HYGIENE, OUTPUT = "Source", "Tokenizer", "Cleaning and split"
 
 
 @dataclass(frozen=True)
-class PrepareConfig:
+class PrepareConfig(Settings):
     """Everything `gpt2es prepare` needs: where the text comes from, how it is cleaned, split and tokenized.
 
     Like TrainConfig, each field is one setting (option, --help, check)."""
+
+    WHAT = "prepare settings"
 
     dataset: tuple[str, ...] = setting(("demo",), short="-d", panel=SOURCE, metavar="SRC[:WEIGHT]")
     """demo, wikipedia, oscar, a Hub dataset owner/name, or a local file, glob or directory (see above).
@@ -385,7 +389,7 @@ class PrepareConfig:
     max_docs: int | None = setting(None, ge=1, le=10**15, panel=SOURCE)
     """Take at most this many documents."""
     max_bytes: int | None = setting(
-        None, ge=1, le=10**15, parse=parse_size, metavar="SIZE", panel=SOURCE, default_text=f"demo: {DEMO_BYTES // 10**6}MB, else all"
+        None, ge=1, le=10**15, parse=parse_size, metavar="SIZE", panel=SOURCE, default_text=f"demo: {DEMO_MAX_BYTES // 10**6}MB, else all"
     )
     """Take at most this much text, e.g. 500MB."""
     tokenizer: str = setting("train", panel=TOKENIZER)
@@ -419,9 +423,6 @@ class PrepareConfig:
         if isinstance(self.dataset, str):  # PrepareConfig(dataset="books/"): one source
             object.__setattr__(self, "dataset", (self.dataset,))
 
-    def problems(self) -> list[str]:
-        return field_problems(self)
-
     @property
     def output_dir(self) -> Path:
         """--out, or data/<a name derived from the dataset> (names joined by '-' for a mixture)."""
@@ -434,29 +435,21 @@ class PrepareConfig:
             stems.append(re.sub(r"[^\w-]+", "-", Path(base).name.split(".")[0]) or "dataset")
         return Path("data") / "-".join(stems)
 
-    def validate(self) -> PrepareConfig:
-        """Raise one ConfigError naming every bad setting."""
-        found = self.problems()
-        if found:
-            raise ConfigError("invalid prepare settings: " + "; ".join(found))
-        return self
-
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "options") -> PrepareConfig:
-        return build(cls, data, source)
 
 
 # --- sampling -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class GenerationConfig:
+class GenerationConfig(Settings):
     """How `gpt2es sample` (and the sample shown while training) picks each next token.
 
     Like TrainConfig, each field is one setting (option, --help, check)."""
+
+    WHAT = "generation settings"
+    ERROR = GenerationError
 
     max_new_tokens: int = setting(200, ge=1, le=1 << 20)
     """New tokens per sample at most."""
@@ -475,30 +468,19 @@ class GenerationConfig:
     num_samples: int = setting(1, ge=1, le=4096, short="-n")
     """Samples, generated as one batch."""
 
-    def problems(self) -> list[str]:
-        return field_problems(self)
-
-    def validate(self) -> GenerationConfig:
-        found = self.problems()
-        if found:
-            raise GenerationError("invalid generation settings: " + "; ".join(found))
-        return self
-
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "options") -> GenerationConfig:
-        return build(cls, data, source)
 
 
 # --- evaluation ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Settings):
     """How `gpt2es eval` scores text. Like TrainConfig, each field is one setting."""
+
+    WHAT = "evaluation settings"
 
     split: str = setting("val", choices=("val", "train"))
     """Which split of the dataset: val or train."""
@@ -510,16 +492,45 @@ class EvalConfig:
     """Score at most this many tokens."""
     context: int | None = setting(None, ge=2, le=1 << 20, default_text="the model's context")
     """Tokens per scored window; beyond the trained context only for sinusoidal and rope positions."""
+    amp: bool = setting(False)
+    """Score faster in the fast dtype: short for --dtype auto (bfloat16 on CUDA and on CPUs with native bf16)."""
 
-    def problems(self) -> list[str]:
-        return field_problems(self)
 
-    def validate(self) -> EvalConfig:
-        found = self.problems()
-        if found:
-            raise ConfigError("invalid evaluation settings: " + "; ".join(found))
-        return self
+# --- inspection ---------------------------------------------------------------------------------
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "options") -> EvalConfig:
-        return build(cls, data, source)
+
+@dataclass(frozen=True)
+class InspectConfig(Settings):
+    """What `gpt2es inspect` shows beside a summary. Like TrainConfig, each field is one setting."""
+
+    WHAT = "inspect settings"
+
+    text: str = setting("Había una vez una niña que soñaba con el mar.")
+    """Text for --tokenizer."""
+    seed: int = setting(0, ge=0, le=2**63 - 1)
+    """Seed for the random window shown from a dataset."""
+
+
+# --- inference ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InferenceConfig(Settings):
+    """How `sample`, `eval`, `export` and `inspect` load a model: where it runs, in which precision,
+    from which revision. Like TrainConfig, each field is one setting; each command offers those
+    that apply to it (inference.py resolves them)."""
+
+    WHAT = "inference settings"
+
+    device: str = setting("auto")
+    """auto, cpu, cuda, cuda:N or mps."""
+    dtype: str | None = setting(None, default_text="auto; float32 for eval (exact scores) and export")
+    """Precision of the weights (and activations): auto, float32, bfloat16 or float16 (bf16, fp16, fp32 too).
+    auto is bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere; for export, the checkpoint's own."""
+    quantize: str = setting("none")
+    """none, or int8: int8 weights (per channel, bfloat16 activations), about 4x less to read per token."""
+    compile: bool = setting(False)
+    """torch.compile the one-token step (fixed shapes: compiled once, then no recompiles; CUDA graphs on a GPU).
+    Seconds to a minute to start; the same text."""
+    revision: str | None = setting(None, metavar="REV", default_text="main")
+    """Branch, tag or commit of a Hub model id given as CHECKPOINT."""

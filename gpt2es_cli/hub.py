@@ -5,7 +5,7 @@
 `huggingface_hub.snapshot_download`: the local cache first, the Hub only when the files are
 not cached, and never with HF_HUB_OFFLINE=1. Only what gpt2es reads is fetched (config.json,
 the weights, the tokenizer files), and the result is a local snapshot directory, opened like any
-Hugging Face directory (hf.py). Every failure (offline and not cached, an unknown repo or
+Hugging Face directory (hf/). Every failure (offline and not cached, an unknown repo or
 revision, no network) is one line saying what to do.
 """
 

@@ -11,8 +11,8 @@ From that one declaration come the command-line option (`--lr`, see cli/options.
 `--config` file (the field name), and the check (`field_problems`): right type, finite, in
 range, one of the choices. Cross-field rules stay in the dataclass's own `problems()`.
 
-Also here, beside them, the two parsers for values users type as text: `parse_duration`
-('30m') and `parse_size` ('500MB').
+Also here, beside them, the two parsers for values users type as text, `parse_duration`
+('30m') and `parse_size` ('500MB'), and `duration_text`, which writes seconds back as a duration.
 """
 
 from __future__ import annotations
@@ -30,13 +30,22 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from gpt2es_cli.errors import ConfigError, first_line
 
 AUTO = "auto"
 """The value of a setting (spec.auto) that is chosen at run time."""
+
+
+class Named(str, Enum):
+    """An enum of names (a budget, a reason): each member is its name as text, equal to it and printed
+    as it, so it reads in messages and records as the plain word."""
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,33 @@ class Spec:
     """False: settable from a --config file or code only."""
     auto: bool = False
     """A number setting that may also be the word 'auto' (chosen at run time, e.g. --batch-size auto)."""
+
+
+class Settings:
+    """What every settings dataclass does with its fields: check them all at once, and build from text.
+
+    A subclass names what it holds (`WHAT`, for the error) and may add cross-field rules by
+    extending `problems`."""
+
+    WHAT: ClassVar[str] = "settings"
+    """What the error says is invalid, e.g. 'prepare settings'."""
+    ERROR: ClassVar[type[Exception]] = ConfigError
+
+    def problems(self) -> list[str]:
+        """Every problem with these settings, in words a user can act on (empty when valid)."""
+        return field_problems(self)
+
+    def validate(self) -> Any:
+        """Raise one error naming every problem; return self when valid."""
+        found = self.problems()
+        if found:
+            raise self.ERROR(f"invalid {self.WHAT}: " + "; ".join(found))
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "options") -> Any:
+        """Defaults plus `data`, whose keys must be field names; unknown keys are an error listing the valid ones."""
+        return build(cls, data, source)
 
 
 def setting(default: Any = MISSING, **spec: Any) -> Any:
@@ -114,8 +150,7 @@ def field_docs(cls: type) -> dict[str, str]:
 @functools.cache
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved type annotation of each field."""
-    module = sys.modules[cls.__module__]
-    return typing.get_type_hints(cls, vars(module))
+    return typing.get_type_hints(cls)  # each class's annotations in its own module's names
 
 
 def base_type(annotation: Any) -> tuple[type, bool]:
@@ -286,6 +321,18 @@ def parse_duration(value: str | int | float, option: str = "duration") -> float:
     if not text or not re.fullmatch(r"(?:\d+(?:\.\d+)?[smhd])+", text):
         raise ConfigError(f"invalid duration {value!r} for {option}: use seconds or e.g. 90s, 30m, 1.5h, 1h30m")
     return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION.findall(text))
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds written as parse_duration reads them, for messages: 45s, 4m, 3m30s, 1h30m."""
+    seconds = max(1, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m" if m else f"{h}h"
+    if m:
+        return f"{m}m{s:02d}s" if s else f"{m}m"
+    return f"{s}s"
 
 
 def parse_size(value: str | int, option: str = "size") -> int:

@@ -15,7 +15,7 @@ from gpt2es_cli.artifacts import (
     open_tokenizer,
     recorded_dataset,
 )
-from gpt2es_cli.checkpoint import save_model
+from gpt2es_cli.checkpoint import TrainedOn, TrainingState, save_model
 from gpt2es_cli.data.dataset import DatasetWriter
 from gpt2es_cli.errors import CheckpointError, DataError
 
@@ -153,7 +153,7 @@ def test_no_run_means_train_first(tmp_path, make):
 
 # --- the dataset a checkpoint was trained on ----------------------------------------------------
 def test_the_recorded_dataset_of_last_and_best(tmp_path, save, dataset):
-    last = save(tmp_path / "run" / "last.pth", training={"step": 1, "dataset": {"path": str(dataset), "train_sha256": "x"}})
+    last = save(tmp_path / "run" / "last.pth", training=TrainingState(step=1, dataset=TrainedOn(str(dataset), "x")))
     best = save(tmp_path / "run" / "best.pth", extra={"dataset": str(dataset), "step": 1})
     for path in (last, best):
         chosen = recorded_dataset(open_checkpoint(path))

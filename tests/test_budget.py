@@ -24,27 +24,23 @@ from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.training import StepReport, TrainStart, ValidationDone, load_resume_checkpoint, resume_config, train
 from gpt2es_cli.training import loop as loop_module
 from gpt2es_cli.training import subscribers as subscribers_module
-from gpt2es_cli.training.budget import (
+from gpt2es_cli.training.budget import EVAL_BATCHES, Cadence, events_left
+from gpt2es_cli.training.events import PlanFitted, PlanWarning, Saved
+from gpt2es_cli.training.schedule import Schedule, Segment, learning_rate
+from gpt2es_cli.training.time_budget import (
     CALIBRATION_STEPS,
-    EVAL_BATCHES,
     EVAL_SHARE,
     MIN_EVALS,
     SKIP_STEPS,
-    Cadence,
     Costs,
     Reading,
-    Schedule,
-    Segment,
     TimeBudget,
     batches_for,
     evals_for,
-    events_left,
     fit_steps,
     seconds_left,
     tolerance,
 )
-from gpt2es_cli.training.events import PlanFitted, PlanWarning, Saved
-from gpt2es_cli.training.optim import learning_rate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -197,7 +193,7 @@ def test_one_segment_is_the_plain_schedule_and_a_re_plan_joins_without_a_jump(ki
 
 @pytest.mark.parametrize("kind", ["cosine", "linear", "constant", "wsd", "onecycle"])
 def test_no_re_plan_takes_the_rate_above_lr(kind):
-    from gpt2es_cli.training.optim import default_warmup
+    from gpt2es_cli.training.schedule import default_warmup
 
     # A provisional one-epoch plan past its short warmup, re-joined by a longer plan still warming up.
     first = schedule(Segment(0, 50, default_warmup(50, kind)), kind=kind)
@@ -332,7 +328,7 @@ def test_short_budgets_evaluate_often_on_fewer_batches_and_resume_keeps_them(tra
     cut = tmp_path / "cut"
     run(config.updated({"out": str(cut)}), clocked(FakeClock(**fake)), extra=[ctrl_c])
     checkpoint = load_resume_checkpoint(cut)
-    assert checkpoint.training["plan"]["eval_batches"] == batches
+    assert checkpoint.training.plan["eval_batches"] == batches
     resumed, _ = run(resume_config(checkpoint, {}), clocked(FakeClock(**fake)), resume=checkpoint)
     assert resumed.step == whole.step
     assert records(cut) == records(tmp_path / "whole")  # the same windows: the same validation losses
@@ -392,7 +388,7 @@ def test_a_hard_kill_resumes_from_the_last_save_exactly(train_dataset, tmp_path,
     with pytest.raises(Killed):
         run(config.updated({"out": str(cut)}), clocked(FakeClock(**fake)), extra=[kill])
     checkpoint = load_resume_checkpoint(cut)
-    assert checkpoint.training["step"] == SKIP_STEPS + CALIBRATION_STEPS  # saved right after the fit
+    assert checkpoint.training.step == SKIP_STEPS + CALIBRATION_STEPS  # saved right after the fit
     resumed, _ = run(resume_config(checkpoint, {}), clocked(FakeClock(**fake)), resume=checkpoint)
     assert resumed.step == whole.step
     assert records(cut) == records(tmp_path / "whole")
@@ -407,7 +403,7 @@ def test_a_run_stopped_before_its_fit_fits_on_resume(train_dataset, tmp_path, cl
     stopped, events = run(timed_run(train_dataset, run_dir), clocked(FakeClock()), extra=[ctrl_c])
     assert stopped.stop_reason == "interrupted" and not of(events, PlanFitted)
     checkpoint = load_resume_checkpoint(run_dir)
-    assert checkpoint.training["plan"]["provisional"] and checkpoint.training["plan"]["time_steps"] is None
+    assert checkpoint.training.plan["provisional"] and checkpoint.training.plan["time_steps"] is None
     resumed, events = run(resume_config(checkpoint, {}), clocked(FakeClock()), resume=checkpoint)
     assert of(events, PlanFitted)[0].first and resumed.stop_reason == "max_time"
     assert abs(resumed.run_elapsed - 60.0) <= tolerance(60.0)

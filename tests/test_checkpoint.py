@@ -10,6 +10,8 @@ from gpt2es_cli import checkpoint as ckpt_mod
 from gpt2es_cli.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
+    TrainedOn,
+    TrainingState,
     load_checkpoint,
     save_checkpoint,
     save_model,
@@ -27,31 +29,36 @@ def test_round_trip_with_training_state(tmp_path, tiny_model, tiny_config, tiny_
         "step": 7,
         "tokens_seen": 1234,
         "optimizer": opt.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": list(range(3))},
+        "rng": [{"torch": torch.get_rng_state(), "python": list(range(3))}],
         "metrics": [{"step": 1, "loss": 5.0}],
     }
     path = tmp_path / "run" / "last.pth"
-    save_model(path, tiny_model, tiny_config, tiny_tokenizer, training=training, extra={"dataset": "demo"})
+    save_model(path, tiny_model, tiny_config, tiny_tokenizer, training=TrainingState.from_dict(training),
+               extra={"dataset": "demo"})
     ck = load_checkpoint(path)
     assert ck.model_config == tiny_config
-    assert ck.training["step"] == 7 and ck.extra == {"dataset": "demo"}
+    assert ck.training.step == 7 and ck.extra == {"dataset": "demo"}
     assert ck.tokenizer().encode("Había una vez") == tiny_tokenizer.encode("Había una vez")
     model = ck.build_model()
     idx = torch.randint(0, tiny_config.vocab_size, (1, 10))
     torch.testing.assert_close(model(idx), tiny_model(idx))
     opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    opt2.load_state_dict(ck.training["optimizer"])
+    opt2.load_state_dict(ck.training.optimizer)
 
 
 def test_compiled_and_ddp_prefixes_are_stripped(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
     state = {f"module._orig_mod.{k}": v for k, v in tiny_model.state_dict().items()}
     save_checkpoint(tmp_path / "c.pth", Checkpoint(tiny_config, state, tiny_tokenizer.to_json()))
-    load_checkpoint(tmp_path / "c.pth").build_model()
+    loaded = load_checkpoint(tmp_path / "c.pth")
+    assert set(loaded.model_state) == set(tiny_model.state_dict())  # saved under the plain names
+    rebuilt = loaded.build_model().state_dict()
+    for key, value in tiny_model.state_dict().items():
+        torch.testing.assert_close(rebuilt[key], value, atol=0, rtol=0)
 
 
 def test_crash_mid_save_keeps_the_old_checkpoint(tmp_path, monkeypatch, tiny_model, tiny_config, tiny_tokenizer):
     path = tmp_path / "last.pth"
-    save_model(path, tiny_model, tiny_config, tiny_tokenizer, training={"step": 1})
+    save_model(path, tiny_model, tiny_config, tiny_tokenizer, training=TrainingState(step=1))
     before = path.read_bytes()
 
     def crash(obj, f):
@@ -60,7 +67,7 @@ def test_crash_mid_save_keeps_the_old_checkpoint(tmp_path, monkeypatch, tiny_mod
 
     monkeypatch.setattr(ckpt_mod.torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        save_model(path, tiny_model, tiny_config, tiny_tokenizer, training={"step": 2})
+        save_model(path, tiny_model, tiny_config, tiny_tokenizer, training=TrainingState(step=2))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.pth"]  # no temp file left behind
 
@@ -143,7 +150,7 @@ def test_files_are_readable_like_any_other(tmp_path, tiny_model, tiny_config, ti
 
 def test_trained_on_reads_both_records(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
     last = tmp_path / "last.pth"
-    save_model(last, tiny_model, tiny_config, tiny_tokenizer, training={"dataset": {"path": "data/a", "train_sha256": "x"}})
+    save_model(last, tiny_model, tiny_config, tiny_tokenizer, training=TrainingState(dataset=TrainedOn("data/a", "x")))
     best = tmp_path / "best.pth"
     save_model(best, tiny_model, tiny_config, tiny_tokenizer, extra={"dataset": "data/b"})
     assert load_checkpoint(last).trained_on == "data/a"
@@ -152,7 +159,52 @@ def test_trained_on_reads_both_records(tmp_path, tiny_model, tiny_config, tiny_t
 
 
 def test_the_checkpoint_format_stands_alone():
-    """checkpoint.py is below hf.py and artifacts.py: importing it imports neither."""
+    """checkpoint.py is below hf/ and artifacts.py: importing it imports neither."""
     code = "import sys, gpt2es_cli.checkpoint; print(sorted(m for m in sys.modules if m in ('gpt2es_cli.hf', 'gpt2es_cli.artifacts')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- the training state -------------------------------------------------------------------------
+
+
+def test_a_training_state_round_trips_every_field(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
+    from dataclasses import fields
+
+    state = TrainingState(
+        step=12, tokens_seen=3072, lr_scale=0.5, smoothed_loss=4.5, best_val_loss=4.25, val_loss=4.3, recoveries=1,
+        elapsed=61.5, config={"lr": 3e-3}, total_steps=40, plan={"segments": [], "time_steps": 40},
+        optimizer={"state": {}, "param_groups": []}, scaler=None, data={"epoch": 0, "position": 3},
+        rng=[{"torch": torch.get_rng_state(), "cuda": None}], world_size=1, dataset=TrainedOn("data/demo", "abc"),
+        metrics=[{"type": "train", "step": 12, "loss": 4.5}], meter={"losses": [4.5]}, clip={"average": 0.5, "steps": 3},
+    )
+    path = tmp_path / "last.pth"
+    save_model(path, tiny_model, tiny_config, tiny_tokenizer, training=state)
+    loaded = load_checkpoint(path).training
+    for f in fields(TrainingState):
+        a, b = getattr(loaded, f.name), getattr(state, f.name)
+        if f.name == "rng":
+            assert torch.equal(a[0]["torch"], b[0]["torch"])
+        else:
+            assert a == b, f.name
+    assert torch.load(path, weights_only=True)["training"]["version"] == ckpt_mod.TRAINING_STATE_VERSION
+
+
+def test_a_first_version_training_state_reads_with_defaults():
+    """The keys a version-1 state may lack take their defaults; its recoveries are counted from its metrics."""
+    old = {"step": 7, "tokens_seen": 700, "optimizer": {}, "config": {"lr": 1e-3}, "data": {"epoch": 0},
+           "metrics": [{"type": "recovery", "step": 3}, {"type": "train", "step": 7, "loss": 5.0}]}
+    state = TrainingState.from_dict(old)
+    assert (state.step, state.tokens_seen, state.lr_scale, state.elapsed, state.recoveries) == (7, 700, 1.0, 0.0, 1)
+    assert state.plan is None and state.meter is None and state.dataset is None and state.world_size == 1
+    assert state.resumable and not TrainingState.from_dict({"step": 1}).resumable
+
+
+def test_a_training_state_from_a_newer_gpt2es_is_refused(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
+    path = tmp_path / "last.pth"
+    save_model(path, tiny_model, tiny_config, tiny_tokenizer, training=TrainingState(step=1))
+    data = torch.load(path, weights_only=True)
+    data["training"]["version"] = ckpt_mod.TRAINING_STATE_VERSION + 1
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match="upgrade with pip install -U gpt2es"):
+        load_checkpoint(path)

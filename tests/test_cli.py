@@ -1,8 +1,10 @@
 """The CLI frame, `sample` and `inspect`, through Typer's runner."""
 
+import copy
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from gpt2es_cli import __version__
@@ -135,3 +137,20 @@ def test_every_command_help_has_examples_and_flags_take_no_metavar(name):
     assert "Examples:" in result.stdout and examples.count(f"gpt2es {name}") >= 3
     assert "<bool>" not in result.stdout  # flags, --help included, take no value
     assert "--no-no-" not in result.stdout
+
+
+def test_export_dtype_auto_keeps_the_checkpoints_own(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
+    from safetensors.torch import load_file
+
+    from gpt2es_cli.checkpoint import save_model
+
+    for dtype in (torch.float32, torch.bfloat16):
+        source = tmp_path / f"{dtype}.pth"
+        save_model(source, copy.deepcopy(tiny_model).to(dtype), tiny_config, tiny_tokenizer)  # the fixture stays fp32
+        out = tmp_path / f"hf-{dtype}"
+        r = invoke("export", source, out, "--dtype", "auto")
+        assert r.exit_code == 0, r.output
+        assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {dtype}
+        plain = tmp_path / f"plain-{dtype}"
+        assert invoke("export", source, plain).exit_code == 0  # unset: float32, the trained weights
+        assert {t.dtype for t in load_file(plain / "model.safetensors").values()} == {torch.float32}

@@ -1,21 +1,19 @@
 """The built-in demo corpus: deterministic, bounded, clean Spanish with agreeing articles."""
 
+import hashlib
+import random
 import re
 import unicodedata
 from collections import Counter
 
 import pytest
 
-from gpt2es_cli import demo
-from gpt2es_cli.demo import (
-    ADJECTIVES,
-    DEFAULT_MAX_BYTES,
-    MAX_CHARS,
-    MIN_CHARS,
-    NOUNS,
-    generate_tales,
-    noun_phrase,
-)
+from gpt2es_cli.config import DEMO_MAX_BYTES
+from gpt2es_cli.data.demo import MAX_CHARS, MIN_CHARS, generate_tales
+from gpt2es_cli.data.demo.grammar import ADJECTIVES, NOUNS, noun_phrase
+from gpt2es_cli.data.demo.lexicon import CULPRITS, MORALS, NAMES
+from gpt2es_cli.data.demo.patterns import Tale
+from gpt2es_cli.data.demo.plots import LOST_ENDINGS, PLOTS, VILLAGE_PROBLEMS, tell
 from gpt2es_cli.errors import DataError
 
 ARTICLES = {  # article -> (gender, plural)
@@ -102,7 +100,7 @@ def test_max_docs_and_max_bytes_are_honoured():
 
 def test_default_size_is_a_few_megabytes():
     total = sum(len(t.encode("utf-8")) for t in generate_tales())
-    assert DEFAULT_MAX_BYTES <= total < DEFAULT_MAX_BYTES + MAX_CHARS * 4
+    assert DEMO_MAX_BYTES <= total < DEMO_MAX_BYTES + MAX_CHARS * 4
 
 
 def test_tales_are_clean_spanish(tales):
@@ -164,8 +162,8 @@ def test_pronouns_and_participles_follow_gender(tales):
     assert all((who in female) == (state == "enferma") for who, state in ill)
     # Heroes: "llamado Pablo", "llamada Lucía"
     named = re.findall(r"llamad([oa]) (\w+)", text)
-    females = {n for (group, g), names in demo._NAMES.items() if g == "f" for n in names}
-    males = {n for (group, g), names in demo._NAMES.items() if g == "m" for n in names}
+    females = {n for (group, g), names in NAMES.items() if g == "f" for n in names}
+    males = {n for (group, g), names in NAMES.items() if g == "m" for n in names}
     assert len(named) > 500
     assert all(name in (males if o == "o" else females) for o, name in named)
 
@@ -186,3 +184,37 @@ def test_few_duplicates_and_a_small_vocabulary(tales):
     assert len({t.split(".")[0] for t in tales}) > 0.8 * len(tales)
     words = {w.lower() for t in tales for w in re.findall(r"\w+", t)}
     assert 1_000 < len(words) < 5_000
+
+
+def _assert_clean(text: str) -> None:
+    assert not re.search(r"[{}\[\]<>|_]", text), "a pattern slot leaked"
+    paragraphs = text.split("\n")
+    assert len(paragraphs) >= 3
+    assert all(p[-1] in ".!?:»" for p in paragraphs), text
+
+
+@pytest.mark.parametrize("plot", PLOTS, ids=lambda plot: plot.name)
+def test_every_plot_in_the_registry_tells_a_tale(plot):
+    for seed in range(30):
+        _assert_clean(tell(random.Random(seed), plot))
+
+
+@pytest.mark.parametrize("problem", VILLAGE_PROBLEMS, ids=lambda problem: problem.name)
+def test_every_village_problem_writes_its_sub_plot(problem):
+    for seed in range(10):
+        t = Tale(random.Random(seed))
+        t.cast("hero", "fm"[seed % 2], hero="Lucía", community="el pueblo")
+        t.fill(crew="el oso, la cabra y el burro", crew_with_a="a el oso, a la cabra y a el burro")
+        assert problem.write(t) in MORALS
+        _assert_clean(t.text())
+
+
+def test_every_culprit_has_an_ending():
+    assert set(LOST_ENDINGS) == set(CULPRITS)
+
+
+def test_the_corpus_is_pinned(tales):
+    """Training figures in the docs depend on these exact tales: any change to the text shows here."""
+    assert hashlib.sha256("\0".join(tales).encode()).hexdigest() == (
+        "078295400e97c40e77451c3eacfaf311ecc2366ac17563314606550f4d0c3312"
+    )

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from gpt2es_cli.checkpoint import load_checkpoint, save_model
+from gpt2es_cli.checkpoint import TrainedOn, TrainingState, load_checkpoint, save_model
 from gpt2es_cli.cli import app
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.data.dataset import DatasetWriter
@@ -223,7 +223,7 @@ def _run_checkpoints(run, dataset, model, config, tokenizer, *, best=True, last=
     run.mkdir(parents=True, exist_ok=True)
     if last:
         save_model(run / "last.pth", model, config, tokenizer,
-                   training={"step": 1, "dataset": {"path": str(dataset), "train_sha256": "x"}})
+                   training=TrainingState(step=1, dataset=TrainedOn(str(dataset), "x")))
     if best:
         save_model(run / "best.pth", model, config, tokenizer, extra={"dataset": str(dataset)})
 

@@ -78,7 +78,7 @@ def test_random_kills_and_resumes_end_as_the_uninterrupted_run(train_dataset, tm
         code = proc.wait()
         assert code == 0, proc.stderr.read().decode()
         checkpoint = load_checkpoint(cut / "last.pth")
-        if checkpoint.training["step"] == STEPS:
+        if checkpoint.training.step == STEPS:
             finished = True
             break
     assert finished and kills == KILLS and during_saves >= 3

@@ -1,6 +1,10 @@
 """Hugging Face interop: the weight map, logits parity, round trips, tokenizer parity, the CLI."""
 
+import dataclasses
 import json
+import subprocess
+import sys
+from importlib.resources import files
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ from gpt2es_cli.cli import app
 from gpt2es_cli.config import ModelConfig
 from gpt2es_cli.errors import CheckpointError, ConfigError
 from gpt2es_cli.hf import export_hf, key_map, load_hf_checkpoint
+from gpt2es_cli.hf.registry import ADAPTERS, adapter_for_config, adapter_for_hf_config
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import EOS_TOKEN
 
@@ -142,7 +147,7 @@ def test_failed_export_leaves_previous_one_intact(tmp_path, exported, monkeypatc
     def disk_full(*args):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("gpt2es_cli.hf._write_tokenizer", disk_full)
+    monkeypatch.setattr("gpt2es_cli.hf.export._write_tokenizer", disk_full)
     with pytest.raises(OSError, match="No space"):
         export_hf(ckpt, out, force=True, dtype="float16")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -303,3 +308,37 @@ def test_cli_export_without_tokenizer_warns(tmp_path, tiny_model, tiny_config, t
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "tokenizer.json").read_text() == tiny_tokenizer.to_json()
+
+
+@pytest.mark.parametrize(
+    ("position", "architecture"),
+    [("learned", "GPT2LMHeadModel"), ("sinusoidal", "GPT2LMHeadModel"), ("rope", "GPTNeoXForCausalLM")],
+)
+def test_the_registry_picks_the_architecture_by_position_and_model_type(position, architecture):
+    config = ModelConfig.from_preset("tiny", position=position)
+    adapter = adapter_for_config(config)
+    assert adapter.architecture == architecture and adapter.supports(config)
+    assert adapter_for_hf_config({"model_type": adapter.model_type}) is adapter
+    assert [a for a in ADAPTERS if a.supports(config)] == [adapter]  # one architecture per model
+
+
+def test_an_unknown_architecture_is_one_line_naming_the_registry():
+    with pytest.raises(CheckpointError) as e:
+        adapter_for_hf_config({"model_type": "llama"}, "x/config.json")
+    message = str(e.value)
+    assert message.startswith("x/config.json describes a 'llama' model") and "\n" not in message
+    assert all(repr(a.model_type) in message for a in ADAPTERS)
+    with pytest.raises(CheckpointError, match="no Hugging Face architecture gpt2es writes") as e:
+        adapter_for_config(dataclasses.replace(ModelConfig.from_preset("tiny"), position="alibi"))
+    assert all(a.architecture in str(e.value) for a in ADAPTERS)
+
+
+def test_the_model_card_template_ships_with_the_package_and_is_filled(exported):
+    assert files("gpt2es_cli.hf").joinpath("model_card.md").is_file()
+    card = (exported[1] / "README.md").read_text(encoding="utf-8")
+    assert "$" not in card and "as a `GPT2LMHeadModel` (float32 weights, tied" in card
+
+
+def test_importing_the_package_does_not_import_transformers():
+    code = "import sys, gpt2es_cli.hf; print(sorted(m for m in ('transformers', 'safetensors') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from gpt2es_cli.checkpoint import load_checkpoint, save_model
+from gpt2es_cli.checkpoint import TrainingState, load_checkpoint, save_model
 from gpt2es_cli.cli import app
 from gpt2es_cli.cli.inspect import sparkline
 from gpt2es_cli.data.dataset import DatasetWriter
@@ -33,7 +33,7 @@ def trained_checkpoint(tmp_path, tiny_model, tiny_config, tiny_tokenizer):
         "optimizer": {"state": {}, "param_groups": []},
     }
     path = tmp_path / "last.pth"
-    save_model(path, tiny_model, tiny_config, tiny_tokenizer, training=training)
+    save_model(path, tiny_model, tiny_config, tiny_tokenizer, training=TrainingState.from_dict(training))
     return path
 
 

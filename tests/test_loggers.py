@@ -39,7 +39,7 @@ def killed_at_step_6_then_resumed(config, run_dir, after_kill=lambda: None):
         train(config, subscribers=[kill])
     after_kill()
     checkpoint = load_resume_checkpoint(run_dir)
-    assert checkpoint.training["step"] == 4
+    assert checkpoint.training.step == 4
     train(resume_config(checkpoint, {}), resume=checkpoint)
 
 

@@ -1,6 +1,7 @@
 """Training memory: the estimate, --batch-size auto (estimated on the CPU, probed on CUDA), and
 --activation-checkpointing in a training run."""
 
+import os
 from dataclasses import replace
 
 import conftest
@@ -104,9 +105,43 @@ def test_the_activation_estimate_is_what_autograd_keeps(autocast_dtype, checkpoi
     assert saved == pytest.approx(expected, rel=0.1)
 
 
-def test_system_available_memory_is_plausible():
-    available = system_available_memory()
-    assert 2**24 < available < 2**50
+def fake_machine(tmp_path, monkeypatch, mem_available_kb, cgroup=None):
+    """/proc/meminfo and a cgroup v2 directory in tmp_path; cgroup: (memory.max, memory.current, inactive_file)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: 33554432 kB\nMemFree: 1024 kB\nMemAvailable: {mem_available_kb} kB\n")
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    if cgroup is not None:
+        limit, used, cache = cgroup
+        (root / "memory.max").write_text(f"{limit}\n")
+        (root / "memory.current").write_text(f"{used}\n")
+        (root / "memory.stat").write_text(f"anon {used - cache}\ninactive_file {cache}\nactive_file 0\n")
+    monkeypatch.setattr(memory, "MEMINFO", meminfo)
+    monkeypatch.setattr(memory, "CGROUPS", ((root, "memory.max", "memory.current", "inactive_file"),))
+
+
+def test_available_memory_is_memavailable_without_a_container_limit(tmp_path, monkeypatch):
+    fake_machine(tmp_path, monkeypatch, 8 * 2**20)
+    assert system_available_memory() == 8 * GB
+    (tmp_path / "cgroup" / "memory.max").write_text("max\n")  # a cgroup without a limit
+    (tmp_path / "cgroup" / "memory.current").write_text(f"{GB}\n")
+    assert system_available_memory() == 8 * GB
+
+
+def test_a_container_limit_caps_available_memory_counting_reclaimable_cache(tmp_path, monkeypatch):
+    fake_machine(tmp_path, monkeypatch, 8 * 2**20, cgroup=(4 * GB, 3 * GB, GB // 2))
+    assert system_available_memory() == 4 * GB - 3 * GB + GB // 2  # what the limit leaves, cache reclaimed
+    fake_machine(tmp_path / "roomy", monkeypatch, 2 * 2**20, cgroup=(64 * GB, GB, 0))
+    assert system_available_memory() == 2 * GB  # the machine has less than the limit leaves
+    fake_machine(tmp_path / "full", monkeypatch, 8 * 2**20, cgroup=(GB, GB, 0))
+    assert system_available_memory() == 0
+
+
+def test_without_meminfo_the_free_pages_are_available(tmp_path, monkeypatch):
+    fake_machine(tmp_path, monkeypatch, 1)
+    monkeypatch.setattr(memory, "MEMINFO", tmp_path / "missing")
+    assert system_available_memory() == os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 # --- choosing the batch size ------------------------------------------------------------------

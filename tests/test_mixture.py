@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from gpt2es_cli.cli import app
-from gpt2es_cli.config import PrepareConfig
+from gpt2es_cli.config import PrepareConfig, parse_weighted
+from gpt2es_cli.data.mixture import MixtureSource, mixture_weights, open_sources
 from gpt2es_cli.data.prepare import prepare
-from gpt2es_cli.data.sources import MixtureSource, Source, mixture_weights, open_sources, parse_weighted
+from gpt2es_cli.data.sources import Source
 from gpt2es_cli.errors import ConfigError
 
 WORDS = "casa perro gato luna sol mar río monte árbol flor camino noche día viento".split()

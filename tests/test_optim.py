@@ -50,8 +50,14 @@ def loss_of(model, x):
 # --- the partition ------------------------------------------------------------------------------
 
 
-def test_muon_is_the_default():
-    assert TrainConfig().optimizer == "muon"
+def test_the_default_settings_train_with_muon_beside_adamw(model):
+    defaults = TrainConfig()
+    optimizer = build_optimizer(model, defaults)
+    assert isinstance(optimizer, MuonWithAdamW)
+    adamw_decay, adamw_no_decay, muon_group = optimizer.param_groups
+    assert {id(p) for p in muon_group["params"]} == {id(p) for p in hidden_matrices(model)}
+    assert muon_group["lr"] == pytest.approx(defaults.muon_lr)
+    assert adamw_decay["lr"] == adamw_no_decay["lr"] == pytest.approx(defaults.peak_lr)
 
 
 def test_adamw_is_one_plain_adamw_over_every_parameter(model):
@@ -176,7 +182,7 @@ def test_a_few_muon_steps_lower_the_loss(train_dataset, tmp_path):
     assert summary.step == 16 and len(losses) == 16
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5
     saved = load_checkpoint(tmp_path / "run" / "last.pth").training
-    assert saved["config"]["optimizer"] == "muon" and set(saved["optimizer"]) == {"adamw", "muon"}
+    assert saved.config["optimizer"] == "muon" and set(saved.optimizer) == {"adamw", "muon"}
 
 
 @pytest.fixture
@@ -252,8 +258,8 @@ def test_interrupted_then_resumed_equals_uninterrupted_with_muon(train_dataset, 
     a, b = load_checkpoint(whole / "last.pth"), load_checkpoint(cut / "last.pth")
     for key, value in a.model_state.items():
         torch.testing.assert_close(b.model_state[key], value, rtol=1e-6, atol=1e-7)
-    momentum = [s["momentum_buffer"] for s in a.training["optimizer"]["muon"]["state"].values()]
-    resumed = [s["momentum_buffer"] for s in b.training["optimizer"]["muon"]["state"].values()]
+    momentum = [s["momentum_buffer"] for s in a.training.optimizer["muon"]["state"].values()]
+    resumed = [s["momentum_buffer"] for s in b.training.optimizer["muon"]["state"].values()]
     torch.testing.assert_close(resumed, momentum, rtol=1e-6, atol=1e-7)
 
 
@@ -314,7 +320,7 @@ def test_muon_orthogonalizes_in_float32_on_a_cpu_without_native_bf16(monkeypatch
 
 @pytest.mark.parametrize(("total", "warmup"), [(100, 30), (57, 17), (10, 2)])
 def test_onecycle_is_torchs_onecycle_lr(total, warmup):
-    from gpt2es_cli.training.optim import ONECYCLE_DIV, default_warmup, learning_rate
+    from gpt2es_cli.training.schedule import ONECYCLE_DIV, default_warmup, learning_rate
 
     lr, min_lr = 1e-3, 1e-3 / ONECYCLE_DIV / 1e4
     param = torch.nn.Parameter(torch.zeros(1))
@@ -375,7 +381,7 @@ def test_a_run_with_auto_clipping_logs_it_and_resumes_exactly(train_dataset, tmp
     cut = tmp_path / "cut"
     train(replace(config, out=str(cut)), subscribers=[ctrl_c])
     checkpoint = load_checkpoint(cut / "last.pth")
-    assert checkpoint.training["clip"]["steps"] == 5
+    assert checkpoint.training.clip["steps"] == 5
     from gpt2es_cli.training import load_resume_checkpoint, resume_config
 
     resumed = load_resume_checkpoint(cut)

@@ -179,7 +179,7 @@ class FailingSource(Source):
 
 @pytest.mark.parametrize("num_proc", [1, 2])
 def test_failing_source_leaves_nothing(tmp_path, num_proc, monkeypatch):
-    monkeypatch.setattr("gpt2es_cli.data.prepare.BATCH_DOCS", 8)  # several batches in flight
+    monkeypatch.setattr("gpt2es_cli.data.passes.BATCH_DOCS", 8)  # several batches in flight
     with pytest.raises(OSError, match="disk went away"):
         prepare(FailingSource(), options(tmp_path / "out", num_proc=num_proc))
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []

@@ -72,11 +72,15 @@ def test_export_without_a_token_writes_nothing(tmp_path, tiny_checkpoint):
     assert result.exit_code == 1 and "HF_HUB_OFFLINE" in result.stderr and not (tmp_path / "hf").exists()
 
 
+def train_pushing(dataset, run, repo_id):
+    """`gpt2es train` of 4 steps, saving and evaluating every 2, uploading to `repo_id` at every save."""
+    return runner.invoke(app, ["train", "-d", str(dataset), "-o", str(run), "-p", "tiny", "-b", "2", "--max-steps", "4",
+                               "--save-interval", "2", "--eval-interval", "2", "--sample-tokens", "0", "--device", "cpu",
+                               "--push-to-hub", repo_id, "--push-every-save"])
+
+
 def test_train_pushes_at_every_save_and_at_the_end(online, train_dataset, tmp_path):
-    result = runner.invoke(app, ["train", "-d", str(train_dataset), "-o", str(tmp_path / "run"), "-p", "tiny",
-                                 "-b", "2", "--max-steps", "4", "--save-interval", "2", "--eval-interval", "2",
-                                 "--sample-tokens", "0", "--device", "cpu", "--push-to-hub", "me/run",
-                                 "--push-every-save"])
+    result = train_pushing(train_dataset, tmp_path / "run", "me/run")
     assert result.exit_code == 0, result.output
     uploads = [c for c in online if c[0] == "upload"]
     assert len(uploads) == 3  # after the saves at steps 2 and 4, then at the end
@@ -87,3 +91,28 @@ def test_train_without_a_token_is_refused_before_training(train_dataset, tmp_pat
     result = runner.invoke(app, ["train", "-d", str(train_dataset), "-o", str(tmp_path / "run"), "-p", "tiny",
                                  "--max-steps", "2", "--push-to-hub", "me/run"])
     assert result.exit_code == 1 and "HF_HUB_OFFLINE" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_train_from_python_pushes_when_its_settings_ask(online, train_dataset, tmp_path):
+    """push_to_hub is a TrainConfig setting: train(config) uploads at the end without the CLI."""
+    from conftest import tiny_run
+
+    from gpt2es_cli.training import UploadFailed, train
+
+    events = []
+    config = tiny_run(train_dataset, tmp_path / "run", max_steps=4, sample_tokens=0, push_to_hub="me/run",
+                      push_every_save=True)
+    summary = train(config, subscribers=[events.append])
+    uploads = [c for c in online if c[0] == "upload"]
+    assert len(uploads) == 2 and summary.hub_url == "https://huggingface.co/me/run"  # the save at step 4, the end
+    assert not [e for e in events if isinstance(e, UploadFailed)]
+    assert {"config.json", "model.safetensors", "README.md"} <= set(uploads[-1][2])
+
+
+def test_failed_uploads_warn_during_the_run_and_fail_once_at_the_end(online, train_dataset, tmp_path):
+    result = train_pushing(train_dataset, tmp_path / "run", "me/broken")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.count("warning:") == 2 and result.stderr.count("error:") == 1  # saves at 2 and 4; the end
+    assert "the local copy is intact" in result.stderr.splitlines()[-1]
+    assert "checkpoint" in result.stdout and "uploaded" not in result.stdout  # the summary, then the error
+    assert (tmp_path / "run" / "last.pth").exists() and (tmp_path / "run" / "hf" / "model.safetensors").exists()

@@ -86,7 +86,7 @@ def test_a_plain_resume_after_a_diverged_one_trains_on(finished_run, monkeypatch
     train(resume_config(checkpoint, {"max_steps": 8, "lr": 5.0}), resume=checkpoint)
     monkeypatch.setattr(loop_module, "compute_loss", real)
     checkpoint = load_resume_checkpoint(finished_run)
-    assert checkpoint.training["config"]["lr"] == 3e-3 and checkpoint.training.get("lr_scale", 1.0) == 1.0
+    assert checkpoint.training.config["lr"] == 3e-3 and checkpoint.training.lr_scale == 1.0
     summary = train(resume_config(checkpoint, {"max_steps": 6}), resume=checkpoint)
     assert summary.stop_reason == "max_steps" and summary.step == 6
 

@@ -7,7 +7,7 @@ import os
 import pytest
 import zstandard
 
-from gpt2es_cli.data import sources
+from gpt2es_cli.data import readers
 from gpt2es_cli.data.sources import (
     DemoSource,
     FilesSource,
@@ -145,7 +145,7 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
 
 
 def test_overlong_documents_are_cut(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "MAX_DOC_CHARS", 10)
+    monkeypatch.setattr(readers, "MAX_DOC_CHARS", 10)
     path = write(tmp_path / "long.txt", b"uno dos tres\ncuatro\ncinco seis siete ocho\n")
     source = resolve_source(str(path), txt_mode="file")
     pieces = docs(source)

@@ -10,7 +10,7 @@ import pytest
 import typer
 
 from gpt2es_cli.cli import app
-from gpt2es_cli.config import PrepareConfig, TrainConfig
+from gpt2es_cli.config import EvalConfig, GenerationConfig, InferenceConfig, InspectConfig, PrepareConfig, TrainConfig
 from gpt2es_cli.settings import field_docs, option_name
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gpt2es_cli"
@@ -128,28 +128,100 @@ def test_the_library_prints_nothing():
 
 def _options(command: str) -> dict[str, object]:
     click_command = typer.main.get_command(app).commands[command]  # type: ignore[attr-defined]
-    return {p.name: p for p in click_command.params}
+    return {p.name: p for p in click_command.params if p.name != "_settings_context"}
 
 
-@pytest.mark.parametrize(("command", "cls", "own"), [
-    ("train", TrainConfig, {"config_file", "resume", "force"}),
-    ("prepare", PrepareConfig, set()),
-])
-def test_every_setting_is_an_option_declared_by_its_field(command, cls, own):
+LOADING = {f.name for f in fields(InferenceConfig)}
+"""How a model is loaded (device, dtype, quantize, compile, revision): InferenceConfig's alone."""
+COMMANDS = {
+    # command: (the settings dataclasses it offers, with the fields it takes (None: all), its own options)
+    "train": ([(TrainConfig, None)], {"config_file", "resume", "force"}),
+    "prepare": ([(PrepareConfig, None)], set()),
+    "sample": ([(GenerationConfig, None), (InferenceConfig, None)],
+               {"checkpoint", "prompt", "prompt_file", "no_cache", "json_output", "interactive"}),
+    "eval": ([(EvalConfig, None), (InferenceConfig, ("device", "dtype", "quantize", "revision"))],
+             {"checkpoints", "data", "text", "json_output"}),
+    "export": ([(InferenceConfig, ("dtype", "revision"))],
+               {"checkpoint", "out_dir", "force", "tokenizer", "push_to_hub", "private"}),
+    "inspect": ([(InspectConfig, None), (InferenceConfig, ("revision",))], {"target", "tokenizer", "verify", "json_output"}),
+}
+"""Every command's options: the fields of settings dataclasses, and the few inputs and output modes of its own."""
+
+
+def _declared(command: str) -> list[tuple[type, object]]:
+    return [(cls, f) for cls, only in COMMANDS[command][0] for f in fields(cls) if only is None or f.name in only]
+
+
+def test_every_command_is_accounted_for():
+    assert set(typer.main.get_command(app).commands) == set(COMMANDS)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_comes_from_a_settings_dataclass_or_is_listed_as_the_command_s_own(command):
+    """A new hand-written option fails here until it is a field (or, for an input or an output mode, listed)."""
+    own = COMMANDS[command][1]
+    assert set(_options(command)) == {f.name for _, f in _declared(command)} | own
+    assert not own & LOADING, "device, dtype, quantize, compile and revision come from InferenceConfig"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_setting_is_an_option_declared_by_its_field(command):
     """One field = one option, with the field's docstring as help and its default shown: nothing copied."""
     options = _options(command)
-    names = {f.name for f in fields(cls)}
-    assert set(options) - {"_settings_context"} == names | own
-    docs = field_docs(cls)
-    for f in fields(cls):
+    for cls, f in _declared(command):
         option = options[f.name]
         assert option_name(f) in option.opts or option_name(f) in option.secondary_opts or any(
             o.startswith(option_name(f)) for o in option.opts
         ), f.name
-        assert docs[f.name].split(" (")[0].rstrip(".") in option.help, f.name
+        assert field_docs(cls)[f.name].split(" (")[0].rstrip(".") in option.help, f.name
         if f.default is not None and not isinstance(f.default, bool) and option.show_default is True:
             default = list(f.default) if isinstance(f.default, tuple) else f.default  # repeatable: a list
             assert str(option.default) == str(default), f.name
+
+
+def test_the_loading_options_read_the_same_in_every_command():
+    seen: dict[str, tuple] = {}
+    for command in COMMANDS:
+        for name, option in _options(command).items():
+            if name in LOADING and command != "train":
+                described = (option.help, option.default, option.opts)
+                assert seen.setdefault(name, described) == described, (command, name)
+    assert set(seen) == LOADING
+
+
+def test_the_loggers_are_one_registry():
+    """--log-to accepts the registry's names and no others; each names a class that says where it writes."""
+    from gpt2es_cli.config import parse_loggers
+    from gpt2es_cli.errors import ConfigError
+    from gpt2es_cli.training.subscribers import logger_class, registry
+
+    assert parse_loggers(",".join(registry.OPTIONAL)) == ",".join(registry.OPTIONAL)
+    with pytest.raises(ConfigError, match="choose from " + ", ".join(registry.OPTIONAL) + "$"):
+        parse_loggers("spreadsheet")
+    for name in registry.OPTIONAL:
+        assert "run" in logger_class(name).where(Path("run"))
+    assert imports_of(PACKAGE / "training" / "subscribers" / "registry.py", set(modules())) == set()
+
+
+def test_the_training_state_is_read_through_its_type():
+    """No module indexes a checkpoint's training state as a dict: TrainingState.from_dict is its one reader."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            target = node.value if isinstance(node, ast.Subscript) else (
+                node.func.value if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "get" else None)
+            assert not (isinstance(target, ast.Attribute) and target.attr == "training"), f"{path}:{node.lineno}"
+
+
+def test_budgets_and_stop_reasons_are_enums():
+    from typing import get_type_hints
+
+    from gpt2es_cli.training.budget import Budget, StepPlan
+    from gpt2es_cli.training.events import StopReason, TrainSummary
+
+    assert get_type_hints(TrainSummary)["stop_reason"] is StopReason
+    assert get_type_hints(StepPlan)["budget"] is Budget
+    assert {b.value for b in Budget} <= {r.value for r in StopReason}  # a run stops when its budget is reached
 
 
 def test_field_docs_are_read_from_the_source():

@@ -57,25 +57,41 @@ def test_describe_dataset(dataset):
     assert describe_dataset(dataset, seed=2, window_tokens=50).window.start != s.window.start
 
 
-def test_render_dataset_summary(dataset):
+def _rendered(summary) -> list[list[str]]:
+    """The rendered summary, a list of cells per line (a title or the window's text: one cell)."""
     console = Console(record=True, width=140)
-    render_dataset_summary(describe_dataset(dataset, window_tokens=400, verify=True), console)
-    out = console.export_text()
-    for text in (
-        "Dataset",
-        "Splits",
-        "Document length (tokens)",
-        "Tokenizer fertility",
-        "Text hygiene",
-        "trained BPE (400 tokens)",
-        "checksums",
-        "ok",
-        "Source",
-        "demo",
-        "Arguments",
-        "400 tokens of train",
-    ):
-        assert text in out, text
+    render_dataset_summary(summary, console)
+    lines = [line.strip() for line in console.export_text().splitlines()]
+    return [[c.strip() for c in line.strip("│┃").split("│" if "│" in line else "┃")] for line in lines if line]
+
+
+def _row(cells: list[list[str]], label: str) -> list[str]:
+    """The cells after `label` on the one table row that starts with it."""
+    found = [row[1:] for row in cells if row[0] == label]
+    assert len(found) == 1, (label, cells)
+    return found[0]
+
+
+def test_render_dataset_summary(dataset):
+    summary = describe_dataset(dataset, window_tokens=400, verify=True)
+    cells = _rendered(summary)
+    for title in ("Dataset", "Splits", "Document length (tokens)", "Tokenizer fertility", "Text hygiene", "Source",
+                  "Arguments"):
+        assert [title] in cells, title
+    assert _row(cells, "checksums") == ["ok"]
+    assert ["tokenizer", "trained BPE (400 tokens)"] in cells and ["tokenizer", "train"] in cells  # dataset; arguments
+    assert _row(cells, "kind") == ["demo"] and _row(cells, "vocab_size") == ["400"]
+    train = summary.meta["splits"]["train"]
+    splits, lengths = [row for row in cells if row[0] == "train"]  # the Splits table, then Document length
+    assert (splits[1], splits[3]) == (f"{train['documents']:,}", f"{train['tokens']:,}")
+    assert lengths[1] == f"{train['documents']:,}"
+    assert any(row[0].startswith("╭─ 400 tokens of train from position") for row in cells)
+
+
+def test_a_changed_token_file_is_named_as_a_mismatch(dataset):
+    data = (dataset / "val.bin").read_bytes()
+    (dataset / "val.bin").write_bytes(bytes([data[0] ^ 1]) + data[1:])
+    assert _row(_rendered(describe_dataset(dataset, verify=True)), "checksums") == ["MISMATCH: val"]  # the split whose file changed
 
 
 def test_inspect_command_on_a_dataset(dataset):

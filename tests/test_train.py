@@ -33,7 +33,8 @@ from gpt2es_cli.training import (
     train,
 )
 from gpt2es_cli.training import loop as loop_module
-from gpt2es_cli.training.optim import learning_rate, parameter_groups
+from gpt2es_cli.training.optim import parameter_groups
+from gpt2es_cli.training.schedule import learning_rate
 
 runner = CliRunner()
 
@@ -304,14 +305,14 @@ def test_persistent_nan_stops_with_a_good_checkpoint_and_a_clear_message(dataset
     assert result.exit_code == 1
     assert "rollbacks" in result.stderr and "--resume" in result.stderr and "Traceback" not in result.output
     ckpt = load_checkpoint(run / "last.pth")
-    assert ckpt.training["step"] == 4
+    assert ckpt.training.step == 4
     assert all(torch.isfinite(v).all() for v in ckpt.model_state.values())
 
 
 def test_keep_last_keeps_the_newest_numbered_checkpoints(dataset, tmp_path):
     train(tiny_run(dataset, tmp_path / "run", max_steps=12, save_interval=2, keep_last=2, eval_interval=0))
     assert sorted(p.name for p in (tmp_path / "run").glob("step-*.pth")) == ["step-0000010.pth", "step-0000012.pth"]
-    assert load_checkpoint(tmp_path / "run" / "step-0000010.pth").training["step"] == 10
+    assert load_checkpoint(tmp_path / "run" / "step-0000010.pth").training.step == 10
 
 
 def test_init_from_starts_from_the_checkpoint_weights(dataset, tmp_path, tiny_checkpoint):

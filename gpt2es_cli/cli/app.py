@@ -10,7 +10,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -86,11 +86,6 @@ CHECKPOINT_HELP = (
     "A gpt2es checkpoint (.pth), a run directory, a local Hugging Face model directory, or a Hub model id "
     "(owner/name, e.g. DeepESP/gpt2-spanish; from the cache first)."
 )
-Revision = Annotated[
-    Optional[str],
-    typer.Option("--revision", metavar="REV", show_default=False,
-                 help="Branch, tag or commit of a Hub model id given as CHECKPOINT (default: main)."),
-]
 
 
 def _version(value: bool) -> None:

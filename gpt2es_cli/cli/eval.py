@@ -18,18 +18,19 @@ from rich.progress import (
 from rich.table import Table
 
 from gpt2es_cli.artifacts import recorded_dataset
-from gpt2es_cli.cli.app import CHECKPOINT_HELP, Revision, command, console, err_console, note
+from gpt2es_cli.cli.app import CHECKPOINT_HELP, command, console, err_console, note
 from gpt2es_cli.cli.options import settings_options
-from gpt2es_cli.config import EvalConfig
-from gpt2es_cli.errors import ConfigError
+from gpt2es_cli.config import EvalConfig, InferenceConfig
 from gpt2es_cli.evaluate import EvalResult, EvalText, evaluate_ids
-from gpt2es_cli.inference import load_model
+from gpt2es_cli.inference import Purpose, load_model, resolve_dtype
 
 
 @command("eval", epilog='Examples:\n\n  gpt2es eval\n\n  gpt2es eval runs/demo runs/books --data data/books\n\n  gpt2es eval runs/rope/best.pth --text libro.txt --context 512')
 @settings_options(EvalConfig)
+@settings_options(InferenceConfig, into="inference", only=("device", "dtype", "quantize", "revision"))
 def evaluate(
     given: dict[str, Any],
+    inference: dict[str, Any],
     checkpoints: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -38,7 +39,6 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
-    revision: Revision = None,
     data: Annotated[
         Path | None,
         typer.Option(
@@ -47,20 +47,6 @@ def evaluate(
         ),
     ] = None,
     text: Annotated[Path | None, typer.Option(help="A UTF-8 text file, or a directory of .txt files.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    dtype: Annotated[
-        str | None,
-        typer.Option(
-            help="Weights and activations: float32 (the default: exact scores; bfloat16 with --quantize "
-            "int8), bfloat16, float16 (bf16, fp16, fp32 too) or auto, which is faster: bfloat16 on CUDA "
-            "and on CPUs with native bf16, float32 elsewhere. The loss is taken in float32 either way.",
-            show_default=False,
-        ),
-    ] = None,
-    quantize: Annotated[
-        str, typer.Option(help="none, or int8: int8 weights (per channel, bfloat16 activations).")
-    ] = "none",
-    amp: Annotated[bool, typer.Option("--amp", metavar="", help="Shorthand for --dtype auto.")] = False,
     json_output: Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Validation loss, perplexity and bits per byte; several checkpoints give one table.
@@ -68,57 +54,50 @@ def evaluate(
     With neither --data nor --text, scores the validation split (--split) of the dataset the first checkpoint was trained on.
     """
     settings = EvalConfig.from_dict(given)
-    split, stride, batch_size, max_tokens = settings.split, settings.stride, settings.batch_size, settings.max_tokens
-    context = settings.context
-    if amp and dtype not in (None, "auto"):
-        raise ConfigError(f"--amp is short for --dtype auto: drop one of --amp and --dtype {dtype}")
-    if dtype is None:  # exact float32 scores unless asked; int8 weights compute in bfloat16
-        dtype = "auto" if amp or quantize == "int8" else "float32"
-    source = EvalText.open(data, text, split, max_tokens) if data is not None or text is not None else None
+    loading = InferenceConfig.from_dict(inference)
+    resolve_dtype(loading, Purpose.SCORE, settings.amp)  # --amp with another --dtype: said before any file is read
+    source = EvalText.open(data, text, settings.split, settings.max_tokens) if data is not None or text is not None else None
     results: list[EvalResult] = []
     precision = ""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tokens"),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=json_output or not err_console.is_terminal,
-    ) as progress:
+    with _progress(disable=json_output or not err_console.is_terminal) as progress:
         for path in checkpoints or [None]:
-            ready = load_model(path, device=device, dtype=dtype, quantize=quantize, revision=revision)
+            ready = load_model(path, loading, purpose=Purpose.SCORE, amp=settings.amp)
             if ready.default is not None:
                 note(f"using {ready.default}")
             name = path if path is not None else ready.checkpoint.path
             if source is None:
                 dataset = recorded_dataset(ready.checkpoint)
-                source = EvalText.from_dataset(dataset.path, split, max_tokens)
+                source = EvalText.from_dataset(dataset.path, settings.split, settings.max_tokens)
                 note(f"evaluating on {source.label}, {dataset.reason}")
             ids = source.ids_for(ready.tokenizer)
             precision = ready.precision
             task = progress.add_task(f"scoring {name.name}", total=max(len(ids) - 1, 1))
-            results.append(
-                evaluate_ids(
-                    ready.model,
-                    ids,
-                    ready.tokenizer,
-                    name=str(name),
-                    stride=stride,
-                    batch_size=batch_size,
-                    context=context,
-                    progress=lambda done, total, t=task: progress.update(t, completed=done),
-                )
-            )
+            results.append(evaluate_ids(
+                ready.model, ids, ready.tokenizer, name=str(name), stride=settings.stride,
+                batch_size=settings.batch_size, context=settings.context,
+                progress=lambda done, total, t=task: progress.update(t, completed=done),
+            ))
             del ready
     results.sort(key=lambda r: (math.isnan(r.bits_per_byte), r.bits_per_byte))
     if json_output:
         console.print_json(
             json.dumps({"text": source.label, "precision": precision, "results": [r.to_dict() for r in results]})
         )
-        return
-    table = Table(title=f"Evaluation on {source.label}", title_justify="left")
+    else:
+        render(results, source.label, precision)
+
+
+def _progress(disable: bool) -> Progress:
+    """A progress bar per checkpoint on stderr, gone when it is done."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+        TimeRemainingColumn(), console=err_console, transient=True, disable=disable,
+    )
+
+
+def render(results: list[EvalResult], label: str, precision: str) -> None:
+    """The results as one table, best first, and how they were scored."""
+    table = Table(title=f"Evaluation on {label}", title_justify="left")
     for col, justify in (
         ("checkpoint", "left"),
         ("bits/byte", "right"),

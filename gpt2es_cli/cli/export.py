@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from gpt2es_cli.cli import fmt
-from gpt2es_cli.cli.app import CHECKPOINT_HELP, Revision, command, console, note, warn
-from gpt2es_cli.config import ModelConfig
+from gpt2es_cli.cli.app import CHECKPOINT_HELP, command, console, note, warn
+from gpt2es_cli.cli.options import settings_options
+from gpt2es_cli.config import InferenceConfig, ModelConfig
 
 
 @command("export", epilog='Examples:\n\n  gpt2es export demo-hf\n\n  gpt2es export runs/demo/best.pth demo-hf --dtype bf16\n\n  gpt2es export runs/demo demo-hf --push-to-hub you/gpt2es-demo')
+@settings_options(InferenceConfig, into="inference", only=("dtype", "revision"))
 def export(
+    inference: dict[str, Any],
     checkpoint: Annotated[
         Path | None,
         typer.Argument(
@@ -33,14 +36,9 @@ def export(
             show_default=False,
         ),
     ] = None,
-    revision: Revision = None,
     force: Annotated[
         bool, typer.Option("--force", metavar="", help="Replace OUT_DIR if it holds a previous export.")
     ] = False,
-    dtype: Annotated[
-        str,
-        typer.Option("--dtype", help="Weight dtype to write: float32, bfloat16 or float16 (bf16, fp16, fp32 too)."),
-    ] = "float32",
     tokenizer: Annotated[
         Path | None,
         typer.Option(
@@ -61,11 +59,12 @@ def export(
     `gpt2es export CHECKPOINT OUT_DIR` exports CHECKPOINT into OUT_DIR; `gpt2es export OUT_DIR` exports the newest run's checkpoint under runs/.
     """
     from gpt2es_cli.artifacts import checkpoint_or_default, open_checkpoint
-    from gpt2es_cli.device import dtype_name, parse_dtype
     from gpt2es_cli.hf import export_hf
+    from gpt2es_cli.inference import check_export_dtype, export_dtype
     from gpt2es_cli.tokenizer import Tokenizer
 
-    dtype = dtype_name(parse_dtype(dtype))  # bf16 -> bfloat16, checked before any file is read
+    settings = InferenceConfig.from_dict(inference)
+    check_export_dtype(settings)  # before any file is read
     if push_to_hub is not None:
         from gpt2es_cli.hub import check_push_target
 
@@ -74,10 +73,11 @@ def export(
         checkpoint, out_dir = None, checkpoint
     if out_dir is None:
         raise typer.BadParameter("missing: give the directory to export into (export [CHECKPOINT] OUT_DIR)", param_hint="OUT_DIR")
-    path, chosen = checkpoint_or_default(checkpoint, revision=revision)
+    path, chosen = checkpoint_or_default(checkpoint, revision=settings.revision)
     if chosen is not None:
         note(f"using {chosen}")
     ckpt = open_checkpoint(path)
+    dtype = export_dtype(settings, ckpt)
     tok = Tokenizer.from_path(tokenizer) if tokenizer is not None else None
     written = export_hf(ckpt, out_dir, force=force, dtype=dtype, tokenizer=tok)
     render(written, dtype, ckpt.model_config)

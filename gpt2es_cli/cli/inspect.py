@@ -12,7 +12,9 @@ from rich.text import Text
 
 from gpt2es_cli.artifacts import checkpoint_or_default, is_dataset, open_checkpoint, open_tokenizer
 from gpt2es_cli.cli import fmt
-from gpt2es_cli.cli.app import Revision, command, console, note
+from gpt2es_cli.cli.app import command, console, note
+from gpt2es_cli.cli.options import settings_options
+from gpt2es_cli.config import InferenceConfig, InspectConfig
 from gpt2es_cli.errors import ConfigError, DataError
 from gpt2es_cli.tokenizer import Tokenizer
 
@@ -33,14 +35,15 @@ def key_value_table(title: str, rows: dict[str, Any]) -> Table:
 
 
 @command("inspect", epilog='Examples:\n\n  gpt2es inspect runs/demo\n\n  gpt2es inspect data/demo --verify\n\n  gpt2es inspect runs/demo --tokenizer --text "¿Qué tal, señor?"')
+@settings_options(InspectConfig)
+@settings_options(InferenceConfig, into="inference", only=("revision",))
 def inspect(
+    given: dict[str, Any],
+    inference: dict[str, Any],
     target: Annotated[Path | None, typer.Argument(metavar="TARGET", help=TARGET_HELP, show_default=False)] = None,
     tokenizer: Annotated[
         bool, typer.Option("--tokenizer", metavar="", help="Show how --text splits into tokens with TARGET's tokenizer.")
     ] = False,
-    revision: Revision = None,
-    text: Annotated[str, typer.Option(help="Text for --tokenizer.")] = "Había una vez una niña que soñaba con el mar.",
-    seed: Annotated[int, typer.Option(help="Seed for the random window shown from a dataset.")] = 0,
     verify: Annotated[
         bool,
         typer.Option("--verify", metavar="", help="For a dataset: recompute the token files' checksums (exit 1 if any differs from meta.json)."),
@@ -48,9 +51,9 @@ def inspect(
     json_output: Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show what is inside a checkpoint or a prepared dataset, or how a tokenizer splits text."""
-    if not 0 <= seed <= 2**63 - 1:
-        raise ConfigError(f"--seed must be >= 0 and <= {2**63 - 1} (got {seed})")
-    path, chosen = checkpoint_or_default(target, revision=revision)
+    settings = InspectConfig.from_dict(given)
+    text, seed = settings.text, settings.seed
+    path, chosen = checkpoint_or_default(target, revision=InferenceConfig.from_dict(inference).revision)
     if chosen is not None:
         note(f"using {chosen}")
     if tokenizer:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, fields
 from typing import Annotated, Any, Optional
 
@@ -77,12 +77,19 @@ def _typed(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
 
 
-def settings_options(cls: type, into: str = "given") -> Callable[[Callable], Callable]:
-    """Give a command one option per field of `cls`; pass what the user set as `into`."""
+def settings_options(cls: type, into: str = "given", only: Sequence[str] | None = None) -> Callable[[Callable], Callable]:
+    """Give a command one option per field of `cls` (or of the fields named in `only`); pass what
+    the user set as `into`. Stacked, each decorator adds its own dataclass's options."""
 
     def decorate(fn: Callable) -> Callable:
-        own = [p for name, p in inspect.signature(fn).parameters.items() if name != into]
-        generated = [_parameter(cls, f) for f in fields(cls) if spec_of(f).cli]
+        parameters = inspect.signature(fn).parameters
+        stacked = CONTEXT in parameters  # fn is already a settings_options command: it takes the context too
+        own = [p for name, p in parameters.items() if name not in (into, CONTEXT)]
+        chosen = [f for f in fields(cls) if spec_of(f).cli and (only is None or f.name in only)]
+        unknown = set(only or ()) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
+        generated = [_parameter(cls, f) for f in chosen]
         names = {p.name for p in generated}
         clash = names & {p.name for p in own}
         if clash:
@@ -90,7 +97,7 @@ def settings_options(cls: type, into: str = "given") -> Callable[[Callable], Cal
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
-            ctx = kwargs.pop(CONTEXT)
+            ctx = kwargs[CONTEXT] if stacked else kwargs.pop(CONTEXT)
             values = {k: kwargs.pop(k) for k in names}
             # Only what the user typed: defaults must not override a --config file or a resumed run.
             given = {k: v for k, v in values.items() if _typed(ctx, k)}

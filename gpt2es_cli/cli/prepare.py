@@ -21,13 +21,10 @@ from gpt2es_cli.cli.app import command, console, err_console
 from gpt2es_cli.cli.options import settings_options
 from gpt2es_cli.cli.render_data import fertility_table, hygiene_table, mixture_table, splits_table
 from gpt2es_cli.config import PrepareConfig
-from gpt2es_cli.data.prepare import (
-    PrepareProgress,
-    PrepareResult,
-    prepare,
-    tokenizer_label,
-)
-from gpt2es_cli.data.sources import open_sources
+from gpt2es_cli.data.dataset_tokenizer import tokenizer_label
+from gpt2es_cli.data.mixture import open_sources
+from gpt2es_cli.data.passes import PrepareProgress
+from gpt2es_cli.data.prepare import PrepareResult, prepare
 
 PHASES = {"sample": "tokenizer sample", "train": "tokenizer training", "tokenize": "tokenizing"}
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gpt2es_cli.cli import fmt
-from gpt2es_cli.data.prepare import tokenizer_label
+from gpt2es_cli.data.dataset_tokenizer import tokenizer_label
 from gpt2es_cli.data.summary import DatasetSummary
 from gpt2es_cli.tokenizer import EOS_TOKEN
 

@@ -13,12 +13,12 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from gpt2es_cli.cli.app import CHECKPOINT_HELP, Revision, command, console, err_console, note, warn
+from gpt2es_cli.cli.app import CHECKPOINT_HELP, command, console, err_console, note, warn
 from gpt2es_cli.cli.options import settings_options
-from gpt2es_cli.config import GenerationConfig
+from gpt2es_cli.config import GenerationConfig, InferenceConfig
 from gpt2es_cli.errors import ConfigError, GenerationError
 from gpt2es_cli.generate import Generation
-from gpt2es_cli.inference import load_model
+from gpt2es_cli.inference import Purpose, load_model
 from gpt2es_cli.tokenizer import StreamDecoder, Tokenizer
 
 DEFAULT_CHECKPOINT_HELP = CHECKPOINT_HELP + " Default: the newest run's best.pth (else last.pth) under runs/."
@@ -38,42 +38,27 @@ def read_prompt_file(path: Path) -> str:
 
 @command("sample", epilog='Examples:\n\n  gpt2es sample --prompt "Había una vez"\n\n  gpt2es sample runs/demo -n 4 --temperature 0.7 --top-p 0.9\n\n  gpt2es sample DeepESP/gpt2-spanish --quantize int8 -i')
 @settings_options(GenerationConfig)
+@settings_options(InferenceConfig, into="inference")
 def sample(
     given: dict[str, Any],
+    inference: dict[str, Any],
     checkpoint: Annotated[Path | None, typer.Argument(metavar="CHECKPOINT", help=DEFAULT_CHECKPOINT_HELP, show_default=False)] = None,
-    revision: Revision = None,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue.")] = "Había una vez",
     prompt_file: Annotated[
         Path | None, typer.Option(help="Read the prompt from a UTF-8 file (overrides --prompt).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    dtype: Annotated[
-        str,
-        typer.Option(
-            help="Weights and activations for inference: auto, float32, bfloat16 or float16 "
-            "(bf16, fp16, fp32 too). auto is bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere."
-        ),
-    ] = "auto",
-    quantize: Annotated[
-        str,
-        typer.Option(help="none, or int8: int8 weights (per channel, bf16 activations), ~4x less to read per token."),
-    ] = "none",
     no_cache: Annotated[bool, typer.Option("--no-cache", metavar="", help="Re-encode the whole context each step (slow; for checks).")] = False,
-    compile: Annotated[
-        bool,
-        typer.Option("--compile", metavar="", help="torch.compile the one-token step (fixed shapes: compiled once, "
-                     "then no recompiles; CUDA graphs on a GPU). Seconds to a minute to start; the same text."),
-    ] = False,
     json_output: Annotated[bool, typer.Option("--json", metavar="", help="Print the samples as JSON instead of streaming.")] = False,
     interactive: Annotated[bool, typer.Option("--interactive", "-i", metavar="", help="Ask for prompts in a loop (Ctrl-D quits).")] = False,
 ) -> None:
     """Generate text from a checkpoint (default: the newest run under runs/), streamed token by token."""
     config = GenerationConfig.from_dict(given)
-    if compile and no_cache:
+    settings = InferenceConfig.from_dict(inference)
+    if settings.compile and no_cache:
         raise ConfigError("--compile compiles the cached one-token step: drop --no-cache")
     if prompt_file is not None:
         prompt = read_prompt_file(prompt_file)
-    ready = load_model(checkpoint, device=device, dtype=dtype, quantize=quantize, revision=revision)
+    ready = load_model(checkpoint, settings, purpose=Purpose.GENERATE)
     if ready.default is not None:
         note(f"using {ready.default}")
     model, tokenizer, precision = ready.model, ready.tokenizer, ready.precision
@@ -85,7 +70,7 @@ def sample(
             config,
             tokenizer.eos_id,
             use_cache=not no_cache,
-            compile=compile,
+            compile=settings.compile,
         )
         if gen.truncated:
             warn(f"the prompt is longer than the context: its first {gen.truncated} tokens were dropped")

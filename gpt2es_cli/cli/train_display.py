@@ -1,13 +1,12 @@
 """What `gpt2es train` shows: the live panel (or plain lines when piped) and the final summary.
 
 `TrainDisplay` subscribes to the training loop's events like any other subscriber;
-`run_training` runs the loop with it on the main process and renders how the run ended.
+`run_training` runs the loop with it on the main process and renders how the run ended (and,
+with --push-to-hub, where it was uploaded).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -21,7 +20,7 @@ from gpt2es_cli.checkpoint import Checkpoint
 from gpt2es_cli.cli import fmt
 from gpt2es_cli.cli.app import console, err_console, fail, warn
 from gpt2es_cli.config import TrainConfig
-from gpt2es_cli.errors import CheckpointError, Gpt2esError
+from gpt2es_cli.errors import Gpt2esError
 from gpt2es_cli.training import (
     Event,
     Recovery,
@@ -33,19 +32,21 @@ from gpt2es_cli.training import (
     is_main_process,
     train,
 )
-from gpt2es_cli.training.events import PlanFitted, PlanWarning
+from gpt2es_cli.training.budget import Budget
+from gpt2es_cli.training.events import PlanFitted, PlanWarning, StopReason, TrainEnd, UploadFailed
+from gpt2es_cli.training.subscribers import logger_outputs
 
 EVAL_ROWS_SHOWN = 8
 
 
-def _budget_words(budget: str | None, c: TrainConfig) -> str:
+def _budget_words(budget: Budget | None, c: TrainConfig) -> str:
     """Why a run has its steps: '1 epoch', '2.5 epochs', '--max-steps', '1.00M tokens'."""
-    if budget == "epochs":
+    if budget == Budget.EPOCHS:
         epochs = c.epochs or 1.0
         return f"{epochs:g} epoch" + ("" if epochs == 1 else "s")
-    if budget == "max_tokens" and c.max_tokens is not None:
+    if budget == Budget.MAX_TOKENS and c.max_tokens is not None:
         return f"{fmt.count(c.max_tokens)} tokens"
-    return f"--{(budget or 'max_steps').replace('_', '-')}"
+    return f"--{str(budget or Budget.MAX_STEPS).replace('_', '-')}"
 
 
 def _steps_words(s: TrainStart) -> str:
@@ -54,7 +55,7 @@ def _steps_words(s: TrainStart) -> str:
     if s.fit_time and s.max_time is not None:
         cap = f", at most {s.cap_steps:,} ({_budget_words(s.cap_budget, c)})" if s.cap_steps is not None else ""
         return f"steps fitted to {fmt.duration(s.max_time)} after the first ones{cap}"
-    if s.budget == "max_time" and s.max_time is not None:
+    if s.budget == Budget.MAX_TIME and s.max_time is not None:
         return f"{s.total_steps:,} steps (fitted to {fmt.duration(s.max_time)})"
     return f"{s.total_steps:,} steps ({_budget_words(s.budget, c)})"
 
@@ -62,7 +63,7 @@ def _steps_words(s: TrainStart) -> str:
 def _plan_line(p: PlanFitted, resumed: bool = False) -> str:
     costs = f"{p.step_time:.3g} s/step, {p.eval_time:.2g} s per evaluation, {p.save_time:.2g} s per save"
     what = f"re-planned at step {p.step}" if not p.first else f"plan from step {p.step}" if resumed else "plan"
-    bound = "" if p.budget == "max_time" else f" (the step budget binds first; {p.time_steps:,} would fit)"
+    bound = "" if p.budget == Budget.MAX_TIME else f" (the step budget binds first; {p.time_steps:,} would fit)"
     return (
         f"{what}: {p.total_steps:,} steps in {fmt.duration(p.max_time)}{bound} ({costs}) | warmup {p.warmup_steps} | "
         f"{p.evals} {'' if p.first and not resumed else 'more '}evaluations of {p.eval_batches} batch{'es' if p.eval_batches != 1 else ''} | "
@@ -138,6 +139,8 @@ class TrainDisplay:
         self.evals: list[ValidationDone] = []
         self.last: StepReport | None = None
         self.start: TrainStart | None = None
+        self.summary: TrainSummary | None = None
+        """How the run ended, once it has."""
 
     def __enter__(self) -> TrainDisplay:
         if self.live is not None:
@@ -186,6 +189,10 @@ class TrainDisplay:
                 f"loss was not finite at step {event.step}: rolled back to step {event.restored_step}, "
                 f"learning rate x{event.lr_scale:g} (attempt {event.attempt} of {event.max_attempts})"
             )
+        elif isinstance(event, UploadFailed):
+            warn(event.message)
+        elif isinstance(event, TrainEnd):
+            self.summary = event.summary
         if self.live is not None:
             self.live.update(self._render())
 
@@ -240,27 +247,21 @@ class TrainDisplay:
         return Group(*parts)
 
 
-LOGGER_OUTPUTS = {
-    "tensorboard": lambda run: f"tensorboard {run / 'tensorboard'} (tensorboard --logdir {run / 'tensorboard'})",
-    "wandb": lambda run: f"wandb       {run / 'wandb'}" + (
-        " (offline: wandb sync " + str(run / "wandb") + "/offline-run-*)" if os.environ.get("WANDB_MODE") == "offline" else ""),
-    "csv": lambda run: f"csv         {run / 'metrics.csv'}",
+STOP_WORDS = {
+    StopReason.MAX_STEPS: "reached --max-steps",
+    StopReason.MAX_TOKENS: "reached --max-tokens",
+    StopReason.EPOCHS: "reached the epoch budget",
+    StopReason.MAX_TIME: "used its --max-time",
+    StopReason.OUT_OF_TIME: "ran out of --max-time before its planned end (the steps slowed down)",
+    StopReason.INTERRUPTED: "interrupted",
+    StopReason.DIVERGED: "stopped: the loss kept diverging",
 }
-"""What the summary says about each --log-to logger's output."""
+"""The summary's 'stopped' line for each way a run ends."""
 
 
 def _render_summary(s: TrainSummary, log_to: str = "") -> None:
-    reasons = {
-        "max_steps": "reached --max-steps",
-        "max_tokens": "reached --max-tokens",
-        "epochs": "reached the epoch budget",
-        "max_time": "used its --max-time",
-        "out_of_time": "ran out of --max-time before its planned end (the steps slowed down)",
-        "interrupted": "interrupted",
-        "diverged": "stopped: the loss kept diverging",
-    }
     rows = [
-        ("stopped", reasons.get(s.stop_reason, s.stop_reason)),
+        ("stopped", STOP_WORDS[s.stop_reason]),
         ("steps", f"{s.step}/{s.total_steps}" + (f" (resumed at {s.start_step})" if s.start_step else "")),
         ("tokens", f"{s.tokens_seen:,}"),
         ("time", f"{fmt.clock(s.elapsed)} ({s.tokens_per_second:,.0f} tok/s)" + (
@@ -278,48 +279,15 @@ def _render_summary(s: TrainSummary, log_to: str = "") -> None:
     if s.best_checkpoint is not None:
         rows.append(("best", str(s.best_checkpoint)))
     rows.append(("metrics", f"{s.run_dir / 'metrics.jsonl'}, {s.run_dir / 'loss.png'}"))
-    for name in filter(None, log_to.split(",")):
-        label, _, value = LOGGER_OUTPUTS[name](s.run_dir).partition(" ")
-        rows.append((label, value.strip()))
+    rows += logger_outputs(log_to, s.run_dir).items()
     width = max(11, *(len(label) + 1 for label, _ in rows))
     for label, value in rows:  # plain lines: paths must never be cut to the terminal width
         console.print(f"[bold]{label:<{width}}[/]{escape(value)}", soft_wrap=True)
-    if s.stop_reason in ("interrupted", "out_of_time", "diverged") and s.last_checkpoint is not None:
+    if s.stop_reason.resumable and s.last_checkpoint is not None:
         err_console.print(f"resume with: gpt2es train --resume {escape(str(s.run_dir))}", soft_wrap=True)
     else:
         sample_from = s.best_checkpoint or s.last_checkpoint
         console.print(f"sample with: gpt2es sample {escape(str(sample_from))}", soft_wrap=True)
-
-
-class HubPush:
-    """--push-to-hub: export the run's best checkpoint to RUN/hf and upload it, at the end (and with
-    --push-every-save after each save of last.pth; a failed upload then is a warning, the run goes on)."""
-
-    def __init__(self, repo_id: str, every_save: bool):
-        self.repo_id = repo_id
-        self.every_save = every_save
-        self.run_dir: Path | None = None
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, TrainStart):
-            self.run_dir = event.run_dir
-        elif isinstance(event, Saved) and not event.best and self.every_save:
-            try:
-                self.push(f"step {event.step}")
-            except Gpt2esError as e:
-                warn(str(e))
-
-    def push(self, what: str) -> str:
-        from gpt2es_cli.artifacts import open_checkpoint, run_checkpoint
-        from gpt2es_cli.hf import export_hf
-        from gpt2es_cli.hub import push_folder
-
-        assert self.run_dir is not None
-        source = run_checkpoint(self.run_dir)
-        if source is None:
-            raise CheckpointError(f"{self.run_dir} holds no checkpoint to push to {self.repo_id}")
-        folder = export_hf(open_checkpoint(source), self.run_dir / "hf", force=True)
-        return push_folder(folder, self.repo_id, message=f"gpt2es: {source.name} at {what}")
 
 
 def run_training(config: TrainConfig, checkpoint: Checkpoint | None, force: bool) -> None:
@@ -327,27 +295,26 @@ def run_training(config: TrainConfig, checkpoint: Checkpoint | None, force: bool
     if not is_main_process():  # other torchrun processes: train quietly
         train(config, resume=checkpoint, force=force)
         return
-    pusher = None
-    if config.push_to_hub is not None:
-        from gpt2es_cli.hub import check_push_target
-
-        check_push_target(config.push_to_hub)  # before any training
-        pusher = HubPush(config.push_to_hub, config.push_every_save)
-    with TrainDisplay(live=console.is_terminal) as display:
-        summary = train(config, resume=checkpoint, force=force, subscribers=[display, *([pusher] if pusher else [])])
+    display = TrainDisplay(live=console.is_terminal)
+    try:
+        with display:
+            summary = train(config, resume=checkpoint, force=force, subscribers=[display])
+    except Gpt2esError:
+        if display.summary is not None:  # the run ended and saved; only the upload at the end failed
+            _render_summary(display.summary, config.log_to)
+        raise
     _render_summary(summary, config.log_to)
-    if pusher is not None and summary.last_checkpoint is not None:
-        url = pusher.push(f"step {summary.step}")  # a failure is one line; the run and RUN/hf stay
-        console.print(f"uploaded {escape(str(summary.run_dir / 'hf'))} to {escape(url)}", soft_wrap=True)
-    if summary.stop_reason == "diverged" and summary.last_checkpoint is None:
+    if summary.hub_url is not None:
+        console.print(f"uploaded {escape(str(summary.run_dir / 'hf'))} to {escape(summary.hub_url)}", soft_wrap=True)
+    if summary.stop_reason is StopReason.DIVERGED and summary.last_checkpoint is None:
         raise fail(
             f"the loss was not finite before its first good step ({config.nan_retries} rollbacks), so nothing "
             "was saved and the run directory is as it was: lower --lr or --grad-clip, or use --dtype float32"
         )
-    if summary.stop_reason == "diverged":
+    if summary.stop_reason is StopReason.DIVERGED:
         raise fail(
             f"the loss was not finite again after {config.nan_retries} rollbacks; the last good state is in "
             f"{summary.last_checkpoint}: resume it with a lower --lr, a lower --grad-clip, or --dtype float32"
         )
-    if summary.stop_reason == "interrupted":
+    if summary.stop_reason is StopReason.INTERRUPTED:
         raise typer.Exit(130)

@@ -1,8 +1,11 @@
 """Training: the loop (loop.py) and the events it emits (events.py), run planning and checks
-(plan.py), the optimizers (AdamW, Muon + AdamW) and schedules (optim.py), the time budget (budget.py),
-the memory model and --batch-size auto (memory.py), data parallelism under torchrun
-(parallel.py), throughput and MFU (metrics.py), and the loggers that subscribe to the events
-(subscribers/: metrics.jsonl, loss.png)."""
+(plan.py), the step budgets and the time budget (budget.py), the learning-rate schedule
+(schedule.py), the optimizers (optim.py), gradient clipping (clipping.py), rollback after a
+non-finite loss (rollback.py), evaluation while training (evaluation.py), the run's files
+(saving.py, rundir.py), the memory model and --batch-size auto (memory.py), --preset auto
+(sizing.py), data parallelism under torchrun (parallel.py), throughput and MFU (metrics.py), and
+what subscribes to the events (subscribers/: metrics.jsonl, loss.png, TensorBoard, W&B, CSV, the
+Hub upload)."""
 
 from gpt2es_cli.training.events import (
     Event,
@@ -12,6 +15,7 @@ from gpt2es_cli.training.events import (
     TrainEnd,
     TrainStart,
     TrainSummary,
+    UploadFailed,
     ValidationDone,
 )
 from gpt2es_cli.training.loop import train
@@ -34,6 +38,7 @@ __all__ = [
     "TrainEnd",
     "TrainStart",
     "TrainSummary",
+    "UploadFailed",
     "ValidationDone",
     "is_main_process",
     "load_resume_checkpoint",

@@ -6,7 +6,8 @@ after each checkpoint (last.pth, or best.pth after a new lowest validation loss)
 when the steps are fitted to --max-time (after the first steps) or re-fitted, `PlanWarning`
 when that plan cannot work; and
 `TrainEnd` with the summary when the run ends (a budget, --max-time, Ctrl-C or divergence; an
-exception ends it without one). Subscribers (training/subscribers/, the CLI's display) take them.
+exception ends it without one). With --push-to-hub --push-every-save, `UploadFailed` when an
+upload after a save fails. Subscribers (training/subscribers/, the CLI's display) take them.
 
 An event that belongs in metrics.jsonl has a `kind` (the record's "type") and `record()` gives
 its line: every field under its record name (`RECORD_NAMES`) except those in `unrecorded`,
@@ -22,10 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpt2es_cli.config import TrainConfig
+from gpt2es_cli.settings import Named
+from gpt2es_cli.training.budget import Budget
 
 if TYPE_CHECKING:
     from gpt2es_cli.training.memory import BatchChoice
@@ -35,10 +39,38 @@ RECORD_NAMES = {"tokens_seen": "tokens"}
 """Fields whose metrics-record key differs from the field name."""
 
 
-def _finite_or_none(value: Any) -> Any:
+def _plain(value: Any) -> Any:
+    """A field's value as a record holds it: an enum as its value, a non-finite float as None."""
+    if isinstance(value, Enum):
+        return value.value
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+class StopReason(Named):
+    """Why a run stopped: its budget was reached, or something ended it first."""
+
+    MAX_STEPS = "max_steps"
+    MAX_TOKENS = "max_tokens"
+    EPOCHS = "epochs"
+    MAX_TIME = "max_time"
+    OUT_OF_TIME = "out_of_time"
+    """Past --max-time before the planned end (the steps slowed down)."""
+    INTERRUPTED = "interrupted"
+    """Ctrl-C or SIGTERM."""
+    DIVERGED = "diverged"
+    """The loss stayed non-finite after --nan-retries rollbacks."""
+
+    @classmethod
+    def reached(cls, budget: Budget) -> StopReason:
+        """The run ended as `budget` planned."""
+        return cls(budget.value)
+
+    @property
+    def resumable(self) -> bool:
+        """The run stopped short of its plan, so --resume continues it."""
+        return self in (StopReason.INTERRUPTED, StopReason.OUT_OF_TIME, StopReason.DIVERGED)
 
 
 class Event:
@@ -54,7 +86,7 @@ class Event:
         record: dict[str, Any] = {"type": self.kind}
         for f in fields(self):  # type: ignore[arg-type]  # every event is a dataclass
             if f.name not in self.unrecorded:
-                record[RECORD_NAMES.get(f.name, f.name)] = _finite_or_none(getattr(self, f.name))
+                record[RECORD_NAMES.get(f.name, f.name)] = _plain(getattr(self, f.name))
         return record
 
 
@@ -71,7 +103,7 @@ class TrainStart(Event):
     accum_steps: int
     tokens_per_step: int
     total_steps: int
-    budget: str
+    budget: Budget
     train_tokens: int
     start_step: int
     """0 for a new run; the checkpoint's step when resuming."""
@@ -87,7 +119,7 @@ class TrainStart(Event):
     upper bound until then."""
     cap_steps: int | None = None
     """The steps the step budgets (--max-steps, --max-tokens, --epochs) allow; None: --max-time alone."""
-    cap_budget: str | None = None
+    cap_budget: Budget | None = None
     batch_choice: BatchChoice | None = None
     """What --batch-size auto chose and why (None: the batch size was given)."""
     size_choice: SizeChoice | None = None
@@ -176,7 +208,7 @@ class PlanFitted(Event):
     total_steps: int
     time_steps: int
     """The steps that fit in max_time (total_steps is smaller when a step budget binds first)."""
-    budget: str
+    budget: Budget
     warmup_steps: int
     evals: int
     """Evaluations planned from here (the final one included)."""
@@ -211,14 +243,20 @@ class Saved(Event):
     """best.pth (weights only, lowest validation loss) rather than last.pth."""
 
 
+@dataclass(frozen=True)
+class UploadFailed(Event):
+    """--push-every-save: uploading a save to the Hub failed; the run goes on."""
+
+    step: int
+    message: str
+
+
 @dataclass
 class TrainSummary:
     """How a run ended."""
 
     run_dir: Path
-    stop_reason: str
-    """max_steps / max_tokens / epochs / max_time (budget reached), out_of_time (past --max-time before the
-    planned end), interrupted, or diverged."""
+    stop_reason: StopReason
     step: int
     total_steps: int
     tokens_seen: int
@@ -239,6 +277,8 @@ class TrainSummary:
     run_elapsed: float | None = None
     """Seconds of training in the whole run (every invocation)."""
     max_time: float | None = None
+    hub_url: str | None = None
+    """Where --push-to-hub uploaded the run at the end (None: not pushed)."""
 
 
 @dataclass(frozen=True)

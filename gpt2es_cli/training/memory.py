@@ -7,8 +7,8 @@ every block, or only each block's input with activation checkpointing), the grad
 fused loss and head keep (no logits are built), the transient work of the loss and of one
 block's backward, and what the process itself adds. Between steps there is a second peak, on
 the CPU the larger one at small batches: while the loop renews its rollback copy, the old and
-the new one are both held. The same numbers feed the README's memory table
-(benchmarks/bench_memory.py) and `choose_batch_size`.
+the new one are both held. The same numbers feed benchmarks/bench_memory.py's tables and
+`choose_batch_size`.
 
 `choose_batch_size` resolves `--batch-size auto` before the run starts: on CUDA it measures,
 running real forward/backward passes at the real sequence length (precision and activation
@@ -24,8 +24,8 @@ the two LayerNorm inputs 2 x 4C, the inputs of the four linear layers a(C + C + 
 fused q, k, v 3aC and the GELU input 4aC: 8C + 14aC. Attention is a fused kernel that keeps
 no (T, T) matrix, except the math fallback (CPU with dropout, MPS) at about 14 bytes per
 element of the n_head x T scores. Checked against the tensors autograd saves (saved-tensor
-hooks, tests/test_memory.py) and against measured peaks (bench_memory.py: within about 10% on
-the CPU, where glibc's allocator may keep freed blocks; ESTIMATE_SHARE leaves room for that).
+hooks, tests/test_memory.py) and against measured peaks (bench_memory.py --measure; on the CPU
+glibc's allocator may keep freed blocks, and ESTIMATE_SHARE leaves room for that).
 """
 
 from __future__ import annotations
@@ -57,8 +57,7 @@ ATTENTION_MATH_BYTES = 14
 """Bytes kept per attention score by the unfused (math) attention: scores, softmax, dropout mask."""
 RUNTIME_BYTES = {"cpu": 128 << 20, "mps": 128 << 20}
 """What a training process adds beyond its tensors once it steps (kernels, autograd's threads, the
-plot library): about 120 MB measured on the CPU. On CUDA the context is already outside the free
-memory counted."""
+plot library). On CUDA the context is already outside the free memory counted."""
 FP32 = 4
 
 
@@ -178,14 +177,20 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+MEMINFO = Path("/proc/meminfo")
+"""Linux's memory counters (MemAvailable)."""
+CGROUPS = (
+    (Path("/sys/fs/cgroup"), "memory.max", "memory.current", "inactive_file"),  # cgroup v2
+    (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),  # v1
+)
+"""Where a container's memory limit is: (directory, limit file, usage file, reclaimable cache key in memory.stat)."""
+
+
 def _cgroup_available() -> int | None:
     """Bytes left under this process's cgroup memory limit (containers), or None when unlimited.
 
     Reclaimable page cache (inactive_file) counts as available, as the kernel would reclaim it."""
-    for root, limit, usage, inactive in (
-        (Path("/sys/fs/cgroup"), "memory.max", "memory.current", "inactive_file"),  # cgroup v2
-        (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
-    ):
+    for root, limit, usage, inactive in CGROUPS:
         cap, used = _read_int(root / limit), _read_int(root / usage)
         if cap is None or used is None or cap >= 1 << 60:  # absent, or "max" / no limit
             continue
@@ -206,7 +211,7 @@ def system_available_memory() -> int:
     no more than the cgroup limit leaves), else the free pages (os.sysconf), else half the RAM."""
     available = None
     try:
-        with open("/proc/meminfo") as f:
+        with open(MEMINFO) as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     available = int(line.split()[1]) * 1024  # kB

@@ -1,10 +1,10 @@
-"""The optimizers and the learning-rate schedules.
+"""The optimizers: AdamW, and Muon beside AdamW.
 
 `build_optimizer` makes what --optimizer names: AdamW for every parameter (weight decay on
 matrices only), or Muon for the hidden weight matrices beside AdamW for the rest, combined into
 one torch Optimizer (`MuonWithAdamW`) so the loop, the GradScaler and the checkpoints treat both
-alike. Every group follows one schedule: `set_learning_rate` gives each group the scheduled rate
-times its `lr_ratio` (the Muon group's is --muon-lr / --lr).
+alike. Every group follows one schedule (schedule.py): `set_learning_rate` gives each group the
+scheduled rate times its `lr_ratio` (the Muon group's is --muon-lr / --lr).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def build_optimizer(model: GPT2, config: TrainConfig) -> torch.optim.Optimizer:
 def orthogonalize_dtype(device: torch.device) -> torch.dtype:
     """The dtype of Muon's Newton-Schulz iterations: bfloat16 (as torch's Muon) on accelerators and
     CPUs with native bf16, float32 on other CPUs, where emulated bfloat16 matmuls are tens of times
-    slower (torch's Muon took 9 s a step for a 4x256 model on such a CPU, against 0.2 s here)."""
+    slower."""
     if device.type == "cpu" and not cpu_has_native_bf16():
         return torch.float32
     return torch.bfloat16
@@ -202,66 +202,3 @@ class MuonWithAdamW(torch.optim.Optimizer):
         for group, ratio in zip(self.param_groups, ratios, strict=True):
             if ratio is not None:
                 group["lr_ratio"] = ratio
-
-
-ONECYCLE_WARMUP = 0.3
-"""OneCycle's rising phase: 30% of the steps, torch's OneCycleLR pct_start."""
-ONECYCLE_DIV = 25.0
-"""OneCycle starts at lr / 25 (torch's div_factor)."""
-
-
-def default_warmup(total_steps: int, schedule: str = "cosine") -> int:
-    """5% of the steps, at least 1, at most 1000; onecycle's rising phase: 30% of them."""
-    if schedule == "onecycle":
-        return max(1, round(ONECYCLE_WARMUP * total_steps))
-    return min(1000, max(1, total_steps // 20))
-
-
-def learning_rate(
-    step: int,
-    *,
-    lr: float,
-    min_lr: float,
-    total_steps: int,
-    warmup_steps: int,
-    schedule: str = "cosine",
-    decay_fraction: float = 0.2,
-) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warmup to lr, then
-
-    cosine: half a cosine down to min_lr at total_steps; linear: a straight line to min_lr;
-    constant: lr; wsd (warmup-stable-decay): lr until the last `decay_fraction` of the steps,
-    then a straight line to min_lr. onecycle: torch's OneCycleLR (two phases, cosine annealing,
-    no momentum cycling): from lr / ONECYCLE_DIV at step 0 up to lr at step warmup_steps - 1 by
-    half a cosine, then down to min_lr at the last step by another. Past total_steps it stays at
-    the end value.
-    """
-    if schedule == "onecycle":
-        return _onecycle(step, lr, min_lr, total_steps, warmup_steps)
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    if schedule == "constant":
-        return lr
-    if schedule == "wsd":
-        decay_start = max(warmup_steps, total_steps - math.ceil(decay_fraction * total_steps))
-        if step < decay_start:
-            return lr
-        span = max(1, total_steps - decay_start)
-        return lr - (lr - min_lr) * min(1.0, (step - decay_start + 1) / span)
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps + 1) / span)
-    if schedule == "cosine":
-        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
-    if schedule == "linear":
-        return lr - (lr - min_lr) * progress
-    raise ConfigError(f"unknown schedule {schedule!r}: choose cosine, linear, constant, wsd or onecycle")
-
-
-def _onecycle(step: float, lr: float, min_lr: float, total_steps: int, warmup_steps: int) -> float:
-    def anneal(start: float, end: float, progress: float) -> float:
-        return end + (start - end) / 2 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
-
-    peak = max(0, warmup_steps - 1)  # the step at lr (torch: pct_start * total_steps - 1)
-    if step <= peak and peak > 0:
-        return anneal(lr / ONECYCLE_DIV, lr, step / peak)
-    return anneal(lr, min_lr, (step - peak) / max(1, total_steps - 1 - peak))

@@ -15,14 +15,14 @@ from typing import Any
 import torch
 
 from gpt2es_cli.artifacts import open_checkpoint
-from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint
+from gpt2es_cli.checkpoint import Checkpoint, TrainingState, load_checkpoint
 from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.data.dataset import PreparedDataset
 from gpt2es_cli.errors import CheckpointError, ConfigError, DataError
 from gpt2es_cli.hub import with_revision
-from gpt2es_cli.settings import AUTO, value_problems
+from gpt2es_cli.settings import AUTO, duration_text, value_problems
 from gpt2es_cli.tokenizer import Tokenizer
-from gpt2es_cli.training.budget import StepPlan, duration_text, plan_steps, step_budgets
+from gpt2es_cli.training.budget import Budget, StepPlan, plan_steps, step_budgets
 from gpt2es_cli.training.memory import (
     BatchChoice,
     available_memory,
@@ -52,7 +52,7 @@ class RunPlan:
     dataset: PreparedDataset
     tokenizer: Tokenizer
     run_dir: Path
-    steps: StepPlan
+    step_plan: StepPlan
     """The step plan: budget, steps and learning-rate schedule (fitted to --max-time as the run goes)."""
     accum_steps: int
     """Micro-batches per optimizer step in each process."""
@@ -75,16 +75,16 @@ class RunPlan:
     @property
     def total_steps(self) -> int:
         """The steps the schedule plans for now (an upper bound until fitted to --max-time)."""
-        return self.steps.total_steps
+        return self.step_plan.total_steps
 
     @property
-    def budget(self) -> str:
-        """Which setting sets total_steps: max_steps, max_tokens, epochs or max_time."""
-        return self.steps.budget
+    def budget(self) -> Budget:
+        """Which setting sets total_steps."""
+        return self.step_plan.budget
 
     @property
     def warmup_steps(self) -> int:
-        return self.steps.warmup_steps
+        return self.step_plan.warmup_steps
 
 
 def default_run_dir(data: str) -> Path:
@@ -109,13 +109,18 @@ def resolve_resume_path(path: str | Path) -> Path:
 def load_resume_checkpoint(path: str | Path) -> Checkpoint:
     """The checkpoint `--resume` names, checked to carry a training state."""
     ckpt = load_checkpoint(resolve_resume_path(path))
-    training = ckpt.training
-    if not isinstance(training, dict) or "optimizer" not in training or "config" not in training:
-        raise CheckpointError(
-            f"{ckpt.path} holds weights but no training state (best.pth and exported models do not): "
-            f"resume from the run's last.pth, or start a new run from it with --init-from {ckpt.path}"
-        )
+    training_state(ckpt)
     return ckpt
+
+
+def training_state(checkpoint: Checkpoint) -> TrainingState:
+    """The training state a resume continues; a one-line error when `checkpoint` holds weights only."""
+    if checkpoint.training is None or not checkpoint.training.resumable:
+        raise CheckpointError(
+            f"{checkpoint.path} holds weights but no training state (best.pth and exported models do not): "
+            f"resume from the run's last.pth, or start a new run from it with --init-from {checkpoint.path}"
+        )
+    return checkpoint.training
 
 
 def resume_config(checkpoint: Checkpoint, explicit: dict[str, Any]) -> TrainConfig:
@@ -124,7 +129,7 @@ def resume_config(checkpoint: Checkpoint, explicit: dict[str, Any]) -> TrainConf
     Budgets, intervals, learning rate, device and precision may change; the architecture, the
     window length and the seed may not (they define the model and the data order).
     """
-    saved = TrainConfig.from_dict(checkpoint.training["config"], source=f"{checkpoint.path}")
+    saved = TrainConfig.from_dict(training_state(checkpoint).config, source=f"{checkpoint.path}")
     given = {k.replace("-", "_"): v for k, v in explicit.items()}
     problems = value_problems(TrainConfig, given)  # a bad value is named as such, before any comparison
     if problems:
@@ -214,8 +219,9 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     if config.min_lr is not None and config.min_lr > config.lr:
         raise ConfigError(f"--min-lr ({config.min_lr:g}) must not exceed the learning rate ({config.lr:g}): lower it")
     model_config, init_weights = _model_config(config, dataset, tokenizer, resume)
-    if resume is not None:
-        trained_on = (resume.training.get("dataset") or {}).get("train_sha256")
+    training = training_state(resume) if resume is not None else None
+    if resume is not None and training is not None:
+        trained_on = training.dataset.train_sha256 if training.dataset is not None else None
         if trained_on and trained_on != dataset.meta["splits"]["train"]["sha256"]:
             raise DataError(
                 f"{config.data} is not the dataset {resume.path} was trained on (train.bin differs): "
@@ -257,10 +263,10 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     if batch_choice is None:
         _check_batch_fits(config, model_config, seq_len, world_size)
     budgets = step_budgets(config, train_tokens, tokens_per_step)
-    steps = plan_steps(config, budgets, train_tokens, tokens_per_step, resume.training if resume else None)
+    steps = plan_steps(config, budgets, train_tokens, tokens_per_step, training)
 
-    if resume is not None:
-        done, trained = int(resume.training["step"]), float(resume.training.get("elapsed") or 0.0)
+    if resume is not None and training is not None:
+        done, trained = training.step, training.elapsed
         if steps.fit_time and config.max_time is not None and trained >= config.max_time:
             raise ConfigError(
                 f"{resume.path} already trained {duration_text(trained)}, its whole --max-time "
@@ -296,7 +302,7 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         dataset=dataset,
         tokenizer=tokenizer,
         run_dir=run_dir,
-        steps=steps,
+        step_plan=steps,
         accum_steps=global_batch // per_pass,
         world_size=world_size,
         resume=resume,

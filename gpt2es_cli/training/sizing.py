@@ -11,10 +11,9 @@ TOKENS_PER_PARAMETER. Larger candidates are not timed once the last one's speed 
 for them) already rules them out, so a laptop times two or three small shapes, a GPU the GPT-2
 family.
 
-TOKENS_PER_PARAMETER is calibrated with benchmarks/bench_quality.py (held-out bits per byte at
-fixed wall-clock budgets on the book corpus; README, "How big a model"), and lands near
-Chinchilla's rule: at 30 CPU minutes a shape with 9.9 tokens per block parameter lost to the
-one with 19.
+TOKENS_PER_PARAMETER is calibrated with benchmarks/bench_quality.py (held-out bits per byte of
+shapes side by side at fixed wall-clock budgets on the book corpus), and sits near Chinchilla's
+rule.
 
 The learning rate follows the width (unless --lr is given): AUTO_LR_BASE x 768 / n_embd, the
 way muP scales Adam's rate for hidden matrices, so GPT-2's 6e-4 holds at 768 and narrower
@@ -54,10 +53,7 @@ LADDER: tuple[tuple[int, int, int, int], ...] = (
 )
 """The shapes auto chooses from, smallest first: head width 64, depth growing with width."""
 TOKENS_PER_PARAMETER = 10.0
-"""The fewest training tokens per block parameter a chosen model gets (bench_quality.py, 8k
-vocabulary: at 30 minutes 2x128 with 19 beat 3x128 with 9.9 (1.720-1.725 against 1.730 bits per
-byte) and 4x256 with 0.5; at 15 minutes 2x128 with 8.7 beat 3x192 with 1.15 and 4x256 with 0.28;
-with the 32k vocabulary 4x128 at 1.2 tied 2x128 at 2.7 and larger shapes at 0.02-0.15 lost)."""
+"""The fewest training tokens per block parameter a chosen model gets (half Chinchilla's ~20)."""
 TRAIN_SHARE = 0.85
 """Share of --max-time spent in training steps (the rest: evaluations, saves, start-up)."""
 PROBE_SHARE = 0.05

@@ -21,6 +21,12 @@ KINDS = ("train", "eval")
 
 
 class CsvLog:
+    """RUN/metrics.csv, rewritten to the run's history at the start, then appended to."""
+
+    @staticmethod
+    def where(run_dir: Path) -> str:
+        return str(run_dir / "metrics.csv")
+
     def __init__(self) -> None:
         self.path: Path | None = None
 

@@ -12,6 +12,7 @@ no step appears twice. A new run (or --force) purges from step 0.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -23,6 +24,12 @@ EXTRA = "pip install 'gpt2es[tensorboard]'"
 
 
 class TensorBoardLog:
+    """TensorBoard event files in RUN/tensorboard (and RUN/tensorboard/by_tokens)."""
+
+    @staticmethod
+    def where(run_dir: Path) -> str:
+        return f"{run_dir / 'tensorboard'} (tensorboard --logdir {run_dir / 'tensorboard'})"
+
     def __init__(self) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -62,6 +62,13 @@ def _has_credentials(wandb: Any) -> bool:
 
 
 class WandbLog:
+    """A W&B run, continued across resumes (RUN/wandb-run.json keeps its id)."""
+
+    @staticmethod
+    def where(run_dir: Path) -> str:
+        offline = os.environ.get("WANDB_MODE") == "offline"
+        return str(run_dir / "wandb") + (f" (offline: wandb sync {run_dir / 'wandb'}/offline-run-*)" if offline else "")
+
     def __init__(self) -> None:
         try:
             import wandb

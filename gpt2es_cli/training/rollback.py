@@ -1,0 +1,59 @@
+"""The last good state of a run, in memory, which a non-finite loss rolls back to.
+
+The loop remembers it at the start and after each save of last.pth: the model's weights, the
+optimizer's state, the clipping history and where the progress stood. A rollback puts them
+back (the learning-rate scale and the recoveries count are the loop's to change, not undone).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gpt2es_cli.checkpoint import Progress
+from gpt2es_cli.training.clipping import GradClip
+
+
+def clone_to_cpu(value: Any) -> Any:
+    """A copy of `value` with every tensor in it detached and copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: clone_to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(clone_to_cpu(v) for v in value)
+    return value
+
+
+class LastGood:
+    """The state to roll back to, and how many rollbacks it has had."""
+
+    def __init__(self) -> None:
+        self.model: dict[str, torch.Tensor] = {}
+        self.optimizer: dict[str, Any] = {}
+        self.clip: dict[str, Any] = {}
+        self.step = 0
+        self.tokens_seen = 0
+        self.rollbacks = 0
+        """Rollbacks to this state so far."""
+
+    def remember(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: GradClip,
+                 progress: Progress) -> None:
+        """This is the last good state now (the previous one is held until the new one is whole)."""
+        weights, moments = clone_to_cpu(model.state_dict()), clone_to_cpu(optimizer.state_dict())
+        self.model, self.optimizer = weights, moments
+        self.clip = clip.state_dict()
+        self.step, self.tokens_seen = progress.step, progress.tokens_seen
+        self.rollbacks = 0
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: GradClip,
+                progress: Progress) -> None:
+        """Put the remembered state back, and count the rollback."""
+        model.load_state_dict(self.model)
+        # A copy: on CPU load_state_dict adopts the tensors it is given, and later steps would
+        # change the state a second rollback needs.
+        optimizer.load_state_dict(clone_to_cpu(self.optimizer))
+        clip.load_state_dict(self.clip)
+        progress.step, progress.tokens_seen = self.step, self.tokens_seen
+        self.rollbacks += 1
