@@ -161,8 +161,8 @@ class TrainConfig:
     seed: int = setting(1337, ge=0, le=2**63 - 1, panel=DATA)
     """Seed of the initial weights, the data order and dropout."""
     preset: str = setting("auto", choices=("auto", *PRESETS), short="-p", panel=MODEL)
-    """Model preset, or auto: with --max-time the size this machine trains best in that time (timed in the
-    first seconds), else small. Ignored with --init-from."""
+    """Model preset, or auto: with --max-time the size that trains best in that time on the device used (timed
+    in the first seconds), else small. Ignored with --init-from."""
     n_layer: int | None = setting(None, ge=1, le=1024, panel=MODEL)
     """Override the preset's number of blocks."""
     n_head: int | None = setting(None, ge=1, le=1024, panel=MODEL)
@@ -422,6 +422,8 @@ class PrepareConfig(Settings):
     def __post_init__(self) -> None:
         if isinstance(self.dataset, str):  # PrepareConfig(dataset="books/"): one source
             object.__setattr__(self, "dataset", (self.dataset,))
+        elif isinstance(self.dataset, list):  # PrepareConfig(dataset=["a/", "b/"]) from Python
+            object.__setattr__(self, "dataset", tuple(self.dataset))
 
     @property
     def output_dir(self) -> Path:

@@ -6,6 +6,7 @@ QKV projection and scaled_dot_product_attention, then a GELU feed-forward 4x wid
 residual branch), a final LayerNorm, and an output projection tied to the token embedding.
 Incremental decoding goes through `KVCache`. With `activation_checkpointing` set, training
 forward passes keep only each block's input and recompute the block in the backward pass.
+`GPT2.attention_weights` spells out each layer's attention weights, to look at (never built otherwise).
 """
 
 from __future__ import annotations
@@ -107,12 +108,7 @@ class CausalSelfAttention(nn.Module):
         """`decode`: (pos (1,), mask (1, capacity)) for a fixed-shape one-token step that writes the
         cache at pos and attends to the whole cache through the mask (see GPT2.decode_step)."""
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if rope is not None:  # rotary: each query and key turned by its true position (cached keys too)
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k, v = self.heads(x, rope)  # each (B, nh, T, hs)
         if decode is not None:
             assert cache is not None
             k, v = cache.write(layer, decode[0], k, v)  # (B, nh, capacity, hs)
@@ -136,6 +132,31 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+    def heads(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (B, T, C), split into heads: each (B, nh, T, hs)."""
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:  # rotary: each query and key turned by its true position (cached keys too)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def weights(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The attention weights of x (B, T, C), no cache: (B, nh, T, T) float32, row i how much
+        position i takes from each position j <= i (each row sums to 1, the future is exactly 0).
+
+        What `forward`'s scaled_dot_product_attention computes without ever building it, spelled
+        out to look at: softmax(q k^T / sqrt(hs)) under the causal mask. Training and sampling never call it.
+        """
+        q, k, _ = self.heads(x, rope)  # (B, nh, T, hs)
+        T = q.size(2)
+        scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, nh, T, T)
+        future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(diagonal=1)  # j > i
+        return scores.masked_fill(future, float("-inf")).softmax(dim=-1)  # (B, nh, T, T)
 
 
 class MLP(nn.Module):
@@ -260,6 +281,21 @@ class GPT2(nn.Module):
         if c.position == "sinusoidal":
             return x + sinusoidal_table(pos, c.n_embd).to(x.dtype), None
         return x, rope_angles(pos, c.head_dim, c.rope_theta)
+
+    @torch.no_grad()
+    def attention_weights(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's attention weights for idx (B, T) from position 0, without a cache: n_layer
+        tensors (B, nh, T, T) float32 (CausalSelfAttention.weights), for looking inside the model
+        (`gpt2es inspect --attention`). Call it in eval mode, so that no dropout acts between layers."""
+        T = idx.size(1)
+        if self.config.position == "learned" and T > self.config.n_positions:
+            raise ValueError(f"sequence of {T} tokens exceeds the context of {self.config.n_positions}")
+        x, rope = self._embed(idx, torch.arange(T, dtype=torch.long, device=idx.device))
+        weights = []
+        for i, block in enumerate(self.h):
+            weights.append(block.attn.weights(block.ln_1(x), rope))  # (B, nh, T, T)
+            x = block(x, None, i, rope)  # the block's own forward: the next layer sees what it always sees
+        return weights
 
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, vocab_size) of one new token per sequence, idx (B, 1) at position `pos` (a (1,)

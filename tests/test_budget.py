@@ -485,3 +485,16 @@ def test_every_process_of_a_ddp_run_follows_the_main_process_s_plan(tmp_path, ti
     lines = records(tmp_path / "two")
     assert [r["type"] for r in lines].count("plan") >= 1
     assert [r for r in lines if r["type"] == "train"][-1]["lr"] == pytest.approx(6e-5)  # annealed: lr / 10
+
+
+def test_a_re_plan_after_the_warmup_does_not_warn_about_the_warmup():
+    """Late in a run the warmup is long done: little time left is no reason to warn about it."""
+    from gpt2es_cli.training.time_budget import Fit, plan_warning
+
+    late = Fit(step=990, total_steps=1000, time_steps=1000, cadence=Cadence(None, None, evals_per_run=20),
+               costs=Costs(step=0.2, eval=3.0, save=0.5), elapsed=239.0, projected=240.0, first=False)
+    assert plan_warning(late, 240.0, warmup_steps=7, given_warmup=False) is None
+    early = Fit(step=10, total_steps=1000, time_steps=1000, cadence=Cadence(None, None, evals_per_run=20),
+                costs=Costs(step=0.2, eval=3.0, save=0.5), elapsed=5.0, projected=240.0, first=True)
+    warning = plan_warning(early, 240.0, warmup_steps=2000, given_warmup=True)
+    assert warning is not None and "the warmup of 2000 steps" in warning and "lower --warmup-steps" in warning

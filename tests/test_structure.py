@@ -143,7 +143,8 @@ COMMANDS = {
              {"checkpoints", "data", "text", "json_output"}),
     "export": ([(InferenceConfig, ("dtype", "revision"))],
                {"checkpoint", "out_dir", "force", "tokenizer", "push_to_hub", "private"}),
-    "inspect": ([(InspectConfig, None), (InferenceConfig, ("revision",))], {"target", "tokenizer", "verify", "json_output"}),
+    "inspect": ([(InspectConfig, None), (InferenceConfig, ("revision",))],
+                {"target", "tokenizer", "verify", "attention", "image", "json_output"}),
 }
 """Every command's options: the fields of settings dataclasses, and the few inputs and output modes of its own."""
 

@@ -386,6 +386,7 @@ def test_cli_resume_refuses_another_architecture_or_a_weights_only_file(dataset,
     assert runner.invoke(app, ["train", "-d", str(dataset), "-o", str(run), "-p", "tiny", "--max-steps", "2"]).exit_code == 0
     result = runner.invoke(app, ["train", "--resume", str(run), "--n-layer", "3", "--max-steps", "4"])
     assert result.exit_code == 1 and "cannot change --n-layer" in result.stderr
+    assert "(the run has n_layer=2)" in result.stderr  # the tiny preset's, not the unset setting's None
     result = runner.invoke(app, ["train", "--resume", str(run / "best.pth"), "--max-steps", "4"])
     assert result.exit_code == 1 and "no training state" in result.stderr and "--init-from" in result.stderr
     result = runner.invoke(app, ["train", "--resume", str(run)])

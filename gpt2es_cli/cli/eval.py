@@ -96,33 +96,23 @@ def _progress(disable: bool) -> Progress:
 
 
 def render(results: list[EvalResult], label: str, precision: str) -> None:
-    """The results as one table, best first, and how they were scored."""
+    """The results as one table, best first, and how they were scored (each row's context and
+    stride when they differ between checkpoints)."""
+    windows = {(r.context, r.stride) for r in results}
     table = Table(title=f"Evaluation on {label}", title_justify="left")
-    for col, justify in (
-        ("checkpoint", "left"),
-        ("bits/byte", "right"),
-        ("loss", "right"),
-        ("perplexity", "right"),
-        ("tokens", "right"),
-        ("bytes", "right"),
-        ("tokens/s", "right"),
-    ):
-        table.add_column(col, justify=justify)
+    columns = ["checkpoint", "bits/byte", "loss", "perplexity", "tokens", "bytes", "tokens/s"]
+    if len(windows) > 1:
+        columns += ["context", "stride"]
+    for col in columns:
+        table.add_column(col, justify="left" if col == "checkpoint" else "right")
     for i, r in enumerate(results):
-        style = "bold green" if i == 0 and len(results) > 1 else None
-        table.add_row(
-            r.name,
-            f"{r.bits_per_byte:.4f}",
-            f"{r.loss:.4f}",
-            f"{r.perplexity:,.2f}",
-            f"{r.tokens:,}",
-            f"{r.bytes:,}",
-            f"{r.tokens_per_second:,.0f}",
-            style=style,
-        )
+        cells = [r.name, f"{r.bits_per_byte:.4f}", f"{r.loss:.4f}", f"{r.perplexity:,.2f}", f"{r.tokens:,}",
+                 f"{r.bytes:,}", f"{r.tokens_per_second:,.0f}"]
+        if len(windows) > 1:
+            cells += [f"{r.context:,}", f"{r.stride:,}"]
+        table.add_row(*cells, style="bold green" if i == 0 and len(results) > 1 else None)
     console.print(table)
-    r = results[0]
+    how = f"context {results[0].context}, stride {results[0].stride}, " if len(windows) == 1 else ""
     console.print(
-        f"[dim]context {r.context}, stride {r.stride}, {precision}; every token scored once; "
-        "bits/byte compares models with different tokenizers.[/]"
+        f"[dim]{how}{precision}; every token scored once; bits/byte compares models with different tokenizers.[/]"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,7 +81,7 @@ def export(
     dtype = export_dtype(settings, ckpt)
     tok = Tokenizer.from_path(tokenizer) if tokenizer is not None else None
     written = export_hf(ckpt, out_dir, force=force, dtype=dtype, tokenizer=tok)
-    render(written, dtype, ckpt.model_config)
+    render(written, dtype, ckpt.model_config, json.loads((written / "config.json").read_text())["architectures"][0])
     if not (written / "tokenizer.json").is_file():
         warn(f"{path} carries no tokenizer, so none was exported: pass --tokenizer to add one")
     if push_to_hub is not None:
@@ -90,7 +91,7 @@ def export(
         console.print(f"uploaded to {escape(url)}")
 
 
-def render(out_dir: Path, dtype: str, config: ModelConfig) -> None:
+def render(out_dir: Path, dtype: str, config: ModelConfig, architecture: str) -> None:
     """The files written, their sizes, and how to load the export."""
     table = Table(title=f"Exported to {escape(str(out_dir))} ({dtype})", title_justify="left")
     table.add_column("file")
@@ -103,7 +104,7 @@ def render(out_dir: Path, dtype: str, config: ModelConfig) -> None:
     table.add_row("[bold]total[/]", f"[bold]{fmt.size(total)}[/]")
     console.print(table)
     console.print(
-        f"GPT2LMHeadModel: {config.n_layer} layers, width {config.n_embd}, {config.n_head} heads, "
+        f"{architecture}: {config.n_layer} layers, width {config.n_embd}, {config.n_head} heads, "
         f"context {config.n_positions}, vocabulary {config.vocab_size}, {config.activation}"
     )
     where = repr(str(out_dir))

@@ -1,4 +1,5 @@
-"""`gpt2es inspect`: what is inside a checkpoint or a prepared dataset."""
+"""`gpt2es inspect`: what is inside a checkpoint or a prepared dataset, how a tokenizer splits text,
+what a model attends to."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from gpt2es_cli.artifacts import checkpoint_or_default, is_dataset, open_checkpoint, open_tokenizer
+from gpt2es_cli.attention import AttentionMap, attention_map, check_image_path, plot_attention
 from gpt2es_cli.cli import fmt
-from gpt2es_cli.cli.app import command, console, note
+from gpt2es_cli.cli.app import command, console, note, warn
 from gpt2es_cli.cli.options import settings_options
 from gpt2es_cli.config import InferenceConfig, InspectConfig
 from gpt2es_cli.errors import ConfigError, DataError
+from gpt2es_cli.hub import is_hub_id
 from gpt2es_cli.tokenizer import Tokenizer
 
 TARGET_HELP = (
@@ -23,6 +27,8 @@ TARGET_HELP = (
     "or a dataset directory written by `gpt2es prepare`. Default: the newest run's best.pth "
     "(else last.pth) under runs/."
 )
+ATTENTION_IMAGE = Path("attention.png")
+"""Where --attention draws unless --image says otherwise (in the working directory)."""
 
 
 def key_value_table(title: str, rows: dict[str, Any]) -> Table:
@@ -34,7 +40,8 @@ def key_value_table(title: str, rows: dict[str, Any]) -> Table:
     return table
 
 
-@command("inspect", epilog='Examples:\n\n  gpt2es inspect runs/demo\n\n  gpt2es inspect data/demo --verify\n\n  gpt2es inspect runs/demo --tokenizer --text "¿Qué tal, señor?"')
+@command("inspect", epilog='Examples:\n\n  gpt2es inspect runs/demo\n\n  gpt2es inspect data/demo --verify\n\n  gpt2es inspect runs/demo --tokenizer --text "¿Qué tal, señor?"'
+                            '\n\n  gpt2es inspect runs/demo --attention "El perro corre" --image perro.png')
 @settings_options(InspectConfig)
 @settings_options(InferenceConfig, into="inference", only=("revision",))
 def inspect(
@@ -48,14 +55,31 @@ def inspect(
         bool,
         typer.Option("--verify", metavar="", help="For a dataset: recompute the token files' checksums (exit 1 if any differs from meta.json)."),
     ] = False,
+    attention: Annotated[
+        str | None,
+        typer.Option("--attention", metavar="TEXT", show_default=False,
+                     help="Show what every layer and head of TARGET's model attends to in TEXT: a heatmap grid "
+                          "written to --image, and a table of the token each position attends to most."),
+    ] = None,
+    image: Annotated[
+        Path,
+        typer.Option("--image", metavar="PATH",
+                     help="Where --attention writes its heatmap grid (a PNG, replaced whole)."),
+    ] = ATTENTION_IMAGE,
     json_output: Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Show what is inside a checkpoint or a prepared dataset, or how a tokenizer splits text."""
+    """Show what is inside a checkpoint or a prepared dataset, how a tokenizer splits text, or what a model
+    attends to."""
     settings = InspectConfig.from_dict(given)
     text, seed = settings.text, settings.seed
     path, chosen = checkpoint_or_default(target, revision=InferenceConfig.from_dict(inference).revision)
     if chosen is not None:
         note(f"using {chosen}")
+    if attention is not None:
+        inspect_attention(path, attention, image, json_output, tokenizer=tokenizer, verify=verify)
+        return
+    if image != ATTENTION_IMAGE:
+        raise ConfigError("--image says where --attention draws: give --attention TEXT as well")
     if tokenizer:
         view = tokenize_view(open_tokenizer(path), text)
         if json_output:
@@ -94,6 +118,69 @@ def inspect(
         console.print_json(json.dumps(summary, ensure_ascii=False))
         return
     render_checkpoint(summary)
+
+
+def inspect_attention(path: Path, text: str, image: Path, json_output: bool, *, tokenizer: bool, verify: bool) -> None:
+    """--attention: the model's weights on `text`, drawn to `image`, summed up in a table (or JSON)."""
+    if tokenizer or verify:
+        raise ConfigError("--attention looks inside a model: give it without --tokenizer and --verify")
+    if is_dataset(path):
+        raise ConfigError(f"--attention looks inside a model, and {path} is a prepared dataset: give a checkpoint")
+    check_image_path(image)  # before the model is read
+    # Named by its file (a run directory's best.pth), or by the Hub id it came from.
+    view = attention_map(open_checkpoint(path), text, source=str(path) if is_hub_id(path) else None)
+    if view.truncated:
+        warn(f"the text has {view.text_tokens} tokens, more than the model's context of {view.context}: "
+             f"showing the first {view.context}")
+    written = plot_attention(view, image)
+    if json_output:  # one line: the weights alone are n_layer x n_head x T x T numbers
+        console.print_json(json.dumps(view.to_dict(written), ensure_ascii=False), indent=None)
+        return
+    render_attention(view, written)
+
+
+def token_cell(token: str, width: int = 10) -> str:
+    """A token in a table cell: spaces as ·, newlines as ⏎, at most `width` characters."""
+    shown = token.replace(" ", "·").replace("\n", "⏎").replace("\t", "⇥")
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+def render_attention(view: AttentionMap, image: Path) -> None:
+    """One table per layer: a row per position (its token), a column per head, in each cell the token
+    that position attends to most and the weight. When the heads do not fit across the terminal, the
+    cells show the position's number instead of its token, and past that a layer takes several tables."""
+    tokens = [token_cell(t) for t in view.tokens]
+    strongest = view.strongest()
+    T, n_head = len(tokens), view.n_head
+    number, name = len(str(T - 1)), max(len(t) for t in tokens)
+    fixed = (max(number, 1) + 3) + (max(name, 5) + 3) + 1  # the # and token columns, the last border
+    compact = fixed + n_head * (max(name + 5, 6) + 3) > console.width  # a cell: "token 0.50", padded, a border
+    cell = max(number + 5, len(f"h{n_head - 1}")) if compact else max(name + 5, len(f"head {n_head - 1}"))
+    fits = max(1, min(n_head, (console.width - fixed) // (cell + 3)))
+    per_table = -(-n_head // -(-n_head // fits))  # as many heads in each of the fewest tables (8 in 7s: 4 and 4)
+    console.print(f"[bold]Attention[/] of {escape(view.source)}: {view.n_layer} layers x {n_head} heads "
+                  f"on {T} tokens", soft_wrap=True)
+    console.print(f"[dim]each cell: the {'position (#)' if compact else 'token'} that a position attends to most, "
+                  "and its weight (0..1; bold from 0.5)[/]", soft_wrap=True)
+    for layer in range(view.n_layer):
+        for first in range(0, n_head, per_table):
+            heads = range(first, min(n_head, first + per_table))
+            part = f" (heads {heads[0]}-{heads[-1]})" if len(heads) < n_head else ""
+            table = Table(title=f"layer {layer}{part}", title_justify="left", padding=(0, 1))
+            table.add_column("#", justify="right", style="dim", no_wrap=True)
+            table.add_column("token", no_wrap=True)
+            for head in heads:
+                table.add_column(f"h{head}" if compact else f"head {head}", justify="right" if compact else "left",
+                                 no_wrap=True, min_width=cell)  # one width for all: a grid to read across
+            for position, token in enumerate(tokens):
+                cells = []
+                for head in heads:
+                    focus = strongest[layer][head][position]
+                    shown = str(focus.position) if compact else tokens[focus.position]
+                    cells.append(Text(f"{shown} {focus.weight:.2f}", style="bold" if focus.weight >= 0.5 else ""))
+                table.add_row(str(position), Text(token), *cells)
+            console.print(table)
+    console.print(f"heatmaps: {image}", soft_wrap=True, markup=False)
 
 
 def tokenize_view(tok: Tokenizer, text: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from dataclasses import MISSING, Field, fields
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 
 from gpt2es_cli.settings import base_type, field_docs, field_types, option_name, spec_of
 
@@ -46,7 +47,7 @@ def _parameter(cls: type, f: Field) -> inspect.Parameter:
         decls = [name, *spec.aliases] + ([spec.short] if spec.short else [])
     if kind is bool and spec.short:
         decls.append(spec.short)
-    help_text = field_docs(cls).get(f.name, "")
+    help_text = escape(field_docs(cls).get(f.name, ""))  # "gpt2es[wandb]" is text, not rich markup
     if spec.choices and "one of" not in help_text:
         help_text = help_text.rstrip(".") + f" (one of {', '.join(spec.choices)})."
     if spec.default_text:

@@ -136,7 +136,11 @@ def resume_config(checkpoint: Checkpoint, explicit: dict[str, Any]) -> TrainConf
         raise ConfigError("invalid training settings: " + "; ".join(problems))
     changed = [k for k in FIXED_ON_RESUME if k in given and given[k] != getattr(saved, k)]
     if changed:
-        was = ", ".join(f"{k}={getattr(saved, k)!r}" for k in changed)
+        model = checkpoint.model_config  # what a preset's unset shape fields resolved to
+        was = ", ".join(
+            f"{k}={getattr(model, k) if getattr(saved, k) is None and hasattr(model, k) else getattr(saved, k)!r}"
+            for k in changed
+        )
         options = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise ConfigError(
             f"cannot change {options} when resuming {checkpoint.path} (the run has {was}): "

@@ -373,8 +373,10 @@ def plan_warning(fit: Fit, max_time: float, warmup_steps: int, given_warmup: boo
     problems, fixes, raise_to = [], [], 0.0
     if fit.time_steps < MIN_STEPS and fit.time_steps == fit.total_steps:
         evals = fit.cadence.evals_left(fit.step, fit.time_steps) if evaluates else 0
-        share = evals * costs.eval / max(left, 1e-9)
-        spent = f", {evals} evaluations of {costs.eval:.2g} s take {share:.0%} of it" if share >= 0.25 else ""
+        share = evals * costs.eval / left if left > 0 else math.inf
+        plural = "s" if evals != 1 else ""
+        spent = "" if share < 0.25 else (f", {evals} evaluation{plural} of {costs.eval:.2g} s take "
+                                         + (f"{share:.0%} of it" if share <= 1 else "longer than all of it"))
         problems.append(f"only {fit.time_steps} steps fit in --max-time {duration_text(max_time)} "
                         f"({costs.step:.2g} s a step{spent}), too few for a learning-rate schedule")
         need = (MIN_STEPS - fit.step) * costs.step + (evals * costs.eval) + costs.save
@@ -388,9 +390,11 @@ def plan_warning(fit: Fit, max_time: float, warmup_steps: int, given_warmup: boo
         problems.append(f"only {n} evaluation{'s' if n != 1 else ''} fit ({costs.eval:.2g} s each; {MIN_EVALS} would "
                         f"take {duration_text(MIN_EVALS * costs.eval)} of the {duration_text(left)} left)")
         raise_to = max(raise_to, fit.elapsed + 2 * MIN_EVALS * costs.eval)
-        fixes.append("make evaluations cheaper (fewer --eval-batches)")
-    warmup_time = max(0, warmup_steps - fit.step) * costs.step + (costs.eval if evaluates else 0.0)
-    if warmup_steps >= fit.total_steps or warmup_time > left:
+        if not spent:  # else the fix above already says so
+            fixes.append("make evaluations cheaper (fewer --eval-batches)")
+    warmup_left = max(0, warmup_steps - fit.step)  # a re-plan after the warmup has none left to warn about
+    warmup_time = warmup_left * costs.step + (costs.eval if evaluates else 0.0)
+    if warmup_left and (warmup_steps >= fit.total_steps or warmup_time > left):
         problems.append(f"the warmup of {warmup_steps} steps plus one evaluation take about "
                         f"{duration_text(warmup_time)}, more than the {duration_text(left)} left")
         raise_to = max(raise_to, fit.elapsed + 2 * warmup_time)
