@@ -371,6 +371,7 @@ def plan_warning(fit: Fit, max_time: float, warmup_steps: int, given_warmup: boo
     costs, left = fit.costs, max_time - fit.elapsed
     evaluates = fit.cadence.eval_interval != 0
     problems, fixes, raise_to = [], [], 0.0
+    spent = ""  # what the evaluations take of the time left, when that is the trouble
     if fit.time_steps < MIN_STEPS and fit.time_steps == fit.total_steps:
         evals = fit.cadence.evals_left(fit.step, fit.time_steps) if evaluates else 0
         share = evals * costs.eval / left if left > 0 else math.inf
