@@ -536,3 +536,31 @@ class InferenceConfig(Settings):
     Seconds to a minute to start; the same text."""
     revision: str | None = setting(None, metavar="REV", default_text="main")
     """Branch, tag or commit of a Hub model id given as CHECKPOINT."""
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeConfig(Settings):
+    """How `gpt2es serve` serves a model over HTTP: where it listens, how many requests it decodes
+    together and how many wait, who may call it. Like TrainConfig, each field is one setting."""
+
+    WHAT = "serve settings"
+
+    host: str = setting("127.0.0.1")
+    """Address to listen on: 127.0.0.1 serves this computer only; 0.0.0.0 every network it is on (set --api-key then)."""
+    port: int = setting(8000, ge=0, le=65535)
+    """Port to listen on (0: any free port, printed at start)."""
+    max_batch: int = setting(8, ge=1, le=1024)
+    """Requests decoded together, one token each per step (each holds a KV cache of the model's context)."""
+    max_queue: int = setting(64, ge=0, le=1 << 20)
+    """Requests that may wait for a free place in the batch; past that the API answers 429 (retry later)."""
+    api_key: str | None = setting(None, metavar="KEY", default_text="$GPT2ES_API_KEY, else none")
+    """Require this key (Authorization: Bearer KEY) on /v1/*, /tokenize and /detokenize. Prefer the
+    GPT2ES_API_KEY environment variable: a command line is visible to other users of the computer."""
+    cors_origin: tuple[str, ...] | None = setting(None, metavar="ORIGIN", default_text="none")
+    """Let web pages from this origin (e.g. http://localhost:3000, or * for any) call the API from a browser.
+    Repeat it for several."""
+    model_name: str | None = setting(None, default_text="the run directory's name, or the Hub model id")
+    """The model's name in the API (the `model` field of requests and /v1/models)."""

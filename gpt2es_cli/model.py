@@ -11,6 +11,7 @@ forward passes keep only each block's input and recompute the block in the backw
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 
@@ -24,21 +25,23 @@ from gpt2es_cli.loss import linear_cross_entropy
 
 
 def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """The original Transformer's position encoding (Vaswani et al. 2017) of `positions` (T,):
-    (T, dim) float32, sin at even and cos at odd channels, wavelengths 2 pi .. 10000 * 2 pi."""
+    """The original Transformer's position encoding (Vaswani et al. 2017) of `positions` (T,) (or any
+    shape): (T, dim) (or (*shape, dim)) float32, sin at even and cos at odd channels, wavelengths
+    2 pi .. 10000 * 2 pi."""
     inv = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) * (-math.log(10000.0) / dim))
-    angles = positions.to(torch.float32)[:, None] * inv[None, :]  # (T, ceil(dim / 2))
-    table = torch.zeros(positions.numel(), dim, dtype=torch.float32, device=positions.device)
-    table[:, 0::2] = torch.sin(angles)
-    table[:, 1::2] = torch.cos(angles[:, : dim // 2])
+    angles = positions.to(torch.float32)[..., None] * inv  # (T, ceil(dim / 2)), or (*shape, ceil(dim / 2))
+    table = torch.zeros(*positions.shape, dim, dtype=torch.float32, device=positions.device)
+    table[..., 0::2] = torch.sin(angles)
+    table[..., 1::2] = torch.cos(angles[..., : dim // 2])
     return table
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (T, head_dim) of rotary embeddings at `positions`, in the half-split layout
-    (GPT-NeoX, Llama): channel i and i + head_dim/2 rotate together at frequency theta^(-2i/head_dim)."""
+    """cos and sin (T, head_dim) of rotary embeddings at `positions` (T,) (or any shape: (*shape,
+    head_dim)), in the half-split layout (GPT-NeoX, Llama): channel i and i + head_dim/2 rotate
+    together at frequency theta^(-2i/head_dim)."""
     inv = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
-    freqs = positions.to(torch.float32)[:, None] * inv[None, :]  # (T, head_dim / 2)
+    freqs = positions.to(torch.float32)[..., None] * inv  # (T, head_dim / 2), or (*shape, head_dim / 2)
     angles = torch.cat([freqs, freqs], dim=-1)  # (T, head_dim)
     return angles.cos(), angles.sin()
 
@@ -76,11 +79,30 @@ class KVCache:
             self.values = [like.new_zeros(self.shape) for _ in range(self.n_layer)]
 
     def write(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store one position's k, v (B, nh, 1, hs) at index `pos` (a (1,) tensor) in place; return the
-        whole storage (B, nh, capacity, hs): fixed shapes, whatever the position."""
-        self.keys[layer].index_copy_(2, pos, k)
-        self.values[layer].index_copy_(2, pos, v)
+        """Store one position's k, v (B, nh, 1, hs) in place at `pos`: a (1,) tensor for every row, or
+        (B,), each row at its own position; return the whole storage (B, nh, capacity, hs): fixed
+        shapes, whatever the position."""
+        if pos.numel() == 1:
+            self.keys[layer].index_copy_(2, pos, k)
+            self.values[layer].index_copy_(2, pos, v)
+        else:
+            at = pos.view(-1, 1, 1, 1).expand_as(k)  # (B, nh, 1, hs): row b's slot pos[b]
+            self.keys[layer].scatter_(2, at, k)
+            self.values[layer].scatter_(2, at, v)
         return self.keys[layer], self.values[layer]
+
+    def rows(self, start: int, stop: int, capacity: int | None = None) -> KVCache:
+        """Rows start..stop-1 and the first `capacity` positions (all: None) of this allocated cache,
+        sharing its storage: what is written through it lands here. For a sequence, or a batch,
+        that uses part of a larger storage (`gpt2es serve` keeps one for all its requests). Its
+        `length` starts at 0."""
+        capacity = capacity or self.capacity
+        view = copy.copy(self)
+        view.capacity, view.length = capacity, 0
+        view.shape = (stop - start, self.shape[1], capacity, self.shape[3])  # (rows, nh, capacity, hs)
+        view.keys = [k[start:stop, :, :capacity] for k in self.keys]
+        view.values = [v[start:stop, :, :capacity] for v in self.values]
+        return view
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, nh, T, hs) after the filled part; return all keys and values so far."""
@@ -105,8 +127,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 decode: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """`decode`: (pos (1,), mask (1, capacity)) for a fixed-shape one-token step that writes the
-        cache at pos and attends to the whole cache through the mask (see GPT2.decode_step)."""
+        """`decode`: (pos (1,) or (B,), mask (1 or B, 1, 1, capacity)) for a fixed-shape one-token step
+        that writes the cache at pos and attends to the whole cache through the mask (see GPT2.decode_step)."""
         B, T, C = x.size()
         q, k, v = self.heads(x, rope)  # each (B, nh, T, hs)
         if decode is not None:
@@ -272,8 +294,8 @@ class GPT2(nn.Module):
         return self.lm_head(x)  # (B, T, vocab_size), or (B, 1, vocab_size) with last_only
 
     def _embed(self, idx: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Token embeddings of idx (B, T) at positions pos (T,), with the position encoding added
-        (learned, sinusoidal), or the rotary angles for the attention (rope; else None)."""
+        """Token embeddings of idx (B, T) at positions pos (T,) (or (B, 1): one a row), with the
+        position encoding added (learned, sinusoidal), or the rotary angles for the attention (rope; else None)."""
         c = self.config
         x = self.wte(idx)  # (B, T, C)
         if c.position == "learned":
@@ -298,13 +320,18 @@ class GPT2(nn.Module):
         return weights
 
     def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Logits (B, vocab_size) of one new token per sequence, idx (B, 1) at position `pos` (a (1,)
-        long tensor), the cache filled before it by a forward pass (which allocates its storage). Every shape is fixed
-        whatever the position (the key and value are written in place, attention sees the whole
-        cache through a mask), so `torch.compile` traces it once, and CUDA graphs can replay it. The
-        caller advances cache.length. Inference only (no dropout)."""
-        x, rope = self._embed(idx, pos)
-        mask = (torch.arange(cache.capacity, device=idx.device) <= pos)[None, :]  # (1, capacity): filled + pos
+        """Logits (B, vocab_size) of one new token per sequence, idx (B, 1) at position `pos`: a (1,)
+        long tensor for the whole batch, or (B,), each sequence at its own position (sequences of
+        different lengths side by side, as `gpt2es serve` runs them), the cache filled before it by
+        a forward pass (which allocates its storage). Every shape is fixed whatever the position
+        (the key and value are written in place, attention sees the whole cache through a mask, one
+        row each), so `torch.compile` traces it once, and CUDA graphs can replay it. The caller
+        advances cache.length. Inference only (no dropout)."""
+        x, rope = self._embed(idx, pos[:, None])  # positions (P, 1), P = 1 or B: (B, 1, C)
+        if rope is not None:
+            rope = (rope[0][:, None], rope[1][:, None])  # (P, 1, 1, hs): each row's angles, for (B, nh, 1, hs)
+        filled = torch.arange(cache.capacity, device=idx.device) <= pos[:, None]  # (P, capacity): filled + pos
+        mask = filled[:, None, None, :]  # (P, 1, 1, capacity)
         for i, block in enumerate(self.h):
             x = block(x, cache, i, rope, (pos, mask))
         return self.lm_head(self.ln_f(x))[:, -1, :]

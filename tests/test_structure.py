@@ -10,7 +10,15 @@ import pytest
 import typer
 
 from gpt2es_cli.cli import app
-from gpt2es_cli.config import EvalConfig, GenerationConfig, InferenceConfig, InspectConfig, PrepareConfig, TrainConfig
+from gpt2es_cli.config import (
+    EvalConfig,
+    GenerationConfig,
+    InferenceConfig,
+    InspectConfig,
+    PrepareConfig,
+    ServeConfig,
+    TrainConfig,
+)
 from gpt2es_cli.settings import field_docs, option_name
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gpt2es_cli"
@@ -145,6 +153,7 @@ COMMANDS = {
                {"checkpoint", "out_dir", "force", "tokenizer", "push_to_hub", "private"}),
     "inspect": ([(InspectConfig, None), (InferenceConfig, ("revision",))],
                 {"target", "tokenizer", "verify", "attention", "image", "json_output"}),
+    "serve": ([(ServeConfig, None), (InferenceConfig, ("device", "dtype", "quantize", "revision"))], {"checkpoint"}),
 }
 """Every command's options: the fields of settings dataclasses, and the few inputs and output modes of its own."""
 

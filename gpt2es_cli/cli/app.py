@@ -74,7 +74,7 @@ def _one_line(message: str) -> str:
 app = typer.Typer(
     cls=_OneLineErrors,
     name="gpt2es",
-    help="Train GPT-2-style language models on Spanish text: prepare, train, sample, eval, inspect, export.",
+    help="Train GPT-2-style language models on Spanish text: prepare, train, sample, eval, inspect, export, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
