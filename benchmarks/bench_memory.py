@@ -12,8 +12,13 @@ rollback copy on the GPU) for small / gpt2 / gpt2-medium at seq-len 256, 512 and
 1 to 16, and what fits a 4 GB and an 8 GB card (an RTX 3050, say) once the CUDA context and the
 display have taken GPU_RESERVED and --batch-size auto's headroom is left.
 
-    python benchmarks/bench_memory.py              # both tables (a few minutes on 2 cores)
-    python benchmarks/bench_memory.py --no-measure # the GPU table only (instant)
+LORA: the estimate for LoRA fine-tuning (--lora-rank 16 on c_attn, c_proj and c_fc, dropout
+0.05, AdamW on the adapters) of the gpt2 / gpt2-medium / gpt2-large bases at seq-len 512 and
+1024 and batch 1 to 8, the frozen base held in bf16 (--amp on a GPU with bf16) or in float32,
+and which fit a 4 GB and an 8 GB card, with the same margins.
+
+    python benchmarks/bench_memory.py              # all the tables (a few minutes on 2 cores)
+    python benchmarks/bench_memory.py --no-measure # the GPU and LoRA tables only (instant)
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 import torch
 
 from gpt2es_cli.config import ModelConfig
-from gpt2es_cli.training.memory import PROBE_SHARE, estimate_training_memory
+from gpt2es_cli.training.memory import PROBE_SHARE, estimate_training_memory, lora_parameter_count
 
 GB = 2**30
 GPU_RESERVED = 0.6 * GB
@@ -43,6 +48,10 @@ MEASURED = [  # preset, seq_len, batch sizes, precision (bf16 where this CPU emu
 ]
 GPU_PRESETS, GPU_SEQ_LENS, GPU_BATCHES = ("small", "gpt2", "gpt2-medium"), (256, 512, 1024), (1, 2, 4, 8, 16)
 GPU_SIZES = (4, 8)
+LORA_PRESETS, LORA_SEQ_LENS, LORA_BATCHES = ("gpt2", "gpt2-medium", "gpt2-large"), (512, 1024), (1, 2, 4, 8)
+LORA_RANK, LORA_DROPOUT = 16, 0.05
+LORA_BASES = {"bf16": torch.bfloat16, "fp32": None}
+"""The frozen base's dtype: bf16 (--amp on a GPU with bf16: --lora-base-dtype auto), or fp32 (--lora-base-dtype float32)."""
 
 
 def model_config(preset: str, seq_len: int, vocab: int) -> ModelConfig:
@@ -176,6 +185,66 @@ def recommend(peaks: dict, preset: str, budget: float) -> str:
     return f"--preset {preset} does not fit, even at seq-len {min(GPU_SEQ_LENS)}, batch 1, with checkpointing"
 
 
+def lora_estimate(config: ModelConfig, seq_len: int, batch: int, checkpointing: bool, base: torch.dtype | None):
+    return estimate_training_memory(config, seq_len, batch, autocast_dtype=torch.bfloat16, device_type="cuda",
+                                    activation_checkpointing=checkpointing, lora_rank=LORA_RANK,
+                                    lora_dropout=LORA_DROPOUT, base_dtype=base)
+
+
+def lora_table(args: argparse.Namespace) -> None:
+    print(f"### LoRA on a CUDA GPU (rank {LORA_RANK} on c_attn, c_proj, c_fc, bf16 autocast, AdamW on the adapters, "
+          f"vocab {args.vocab}; GB of GPU memory)\n")
+    print("| base | adapters | seq-len | frozen base | checkpointing | "
+          + " | ".join(f"batch {b}" for b in LORA_BATCHES) + " |")
+    print("|---|---:|---:|---|---|" + "---:|" * len(LORA_BATCHES))
+    peaks = {}  # (preset, seq_len, base, checkpointing) -> the total of each batch size
+    for preset in LORA_PRESETS:
+        adapters = lora_parameter_count(model_config(preset, 1024, args.vocab), LORA_RANK)
+        for seq_len in LORA_SEQ_LENS:
+            config = model_config(preset, seq_len, args.vocab)
+            for name, base in LORA_BASES.items():
+                for checkpointing in (False, True):
+                    totals = [lora_estimate(config, seq_len, b, checkpointing, base).total for b in LORA_BATCHES]
+                    peaks[preset, seq_len, name, checkpointing] = totals
+                    cells = " | ".join(f"{t / GB:.2f}" for t in totals)
+                    print(f"| {preset} | {adapters / 1e6:.1f}M | {seq_len} | {name} | {'on' if checkpointing else 'off'} "
+                          f"| {cells} |")
+    print(f"\nOn a {GPU_SIZES[0]} GB or {GPU_SIZES[1]} GB card, with {GPU_RESERVED / GB:.1f} GB taken by the CUDA context "
+          f"and the display and {100 * (1 - PROBE_SHARE):.0f}% kept free: for each base, the longest seq-len that fits "
+          "at its largest batch (bf16 base first; checkpointing where it allows a larger batch). On a GPU without bf16 "
+          "(before Ampere) --amp computes in float16 and holds the base in float16: the same sizes.\n")
+    for size in GPU_SIZES:
+        budget = PROBE_SHARE * (size * GB - GPU_RESERVED)
+        for preset in LORA_PRESETS:
+            print(f"- {size} GB: {lora_recommend(peaks, preset, budget)}")
+    print()
+
+
+def lora_recommend(peaks: dict, preset: str, budget: float) -> str:
+    """The command lines that fine-tune `preset` with LoRA within `budget` bytes: for each base dtype,
+    the longest seq-len that fits at the largest batch, without activation checkpointing and with it
+    (where it allows more)."""
+    found = []
+    for name in LORA_BASES:
+        flags = " --amp" if name == "bf16" else " --amp --lora-base-dtype float32"
+        for seq_len in sorted(LORA_SEQ_LENS, reverse=True):
+            options = []
+            for checkpointing in (False, True):
+                totals = peaks[preset, seq_len, name, checkpointing]
+                fitting = [(b, t) for b, t in zip(LORA_BATCHES, totals) if t <= budget]
+                if fitting and (not options or fitting[-1][0] > options[0][0]):
+                    batch, total = fitting[-1]
+                    flag = " --activation-checkpointing" if checkpointing else ""
+                    options.append((batch, f"`--lora-rank {LORA_RANK} --seq-len {seq_len} --batch-size {batch}{flags}"
+                                           f"{flag}` ({total / GB:.2f} GB)"))
+            if options:
+                found.append(", or ".join(text for _, text in options))
+                break
+        else:
+            found.append(f"a {name} base does not fit, even at seq-len {min(LORA_SEQ_LENS)}, batch 1, with checkpointing")
+    return f"{preset}: " + "; ".join(found)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vocab", type=int, default=50257, help="GPT-2's vocabulary (a trained one is 32768)")
@@ -199,6 +268,7 @@ def main() -> None:
     if not args.no_measure:
         measured_table(args)
     gpu_table(args)
+    lora_table(args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
     CHECKPOINT        a gpt2es .pth file, a run directory (its best.pth, else last.pth), a
                       local Hugging Face GPT-2 directory (config.json), or a Hub model id
                       (owner/name[@revision], hub.py); none given means the newest run under
-                      runs/ (`default_checkpoint`)
+                      runs/ (`default_checkpoint`). A LoRA run's checkpoint holds an adapter
+                      alone: it opens merged onto its base (`open_base`, which finds the base
+                      where the record says and checks its hash)
     tokenizer source  a tokenizer.json, a tokenizer directory (tokenizer.json or vocab.json +
                       merges.txt), a prepared dataset, or anything a CHECKPOINT may be
     data directory    a prepared dataset (meta.json); for `eval` with none given, the dataset
@@ -15,17 +17,18 @@ come back as a `Chosen` (the path and why), so the CLI can say which file it pic
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from gpt2es_cli import hub
-from gpt2es_cli.checkpoint import Checkpoint, load_checkpoint
+from gpt2es_cli.checkpoint import AdapterRecord, Checkpoint, load_checkpoint
 from gpt2es_cli.data.dataset import PreparedDataset
 from gpt2es_cli.errors import CheckpointError, ConfigError, DataError
 from gpt2es_cli.hf import load_hf_checkpoint
-from gpt2es_cli.hub import is_hub_id
+from gpt2es_cli.hub import is_hub_id, split_id, with_revision
+from gpt2es_cli.lora import check_base, merge
 from gpt2es_cli.tokenizer import Tokenizer
 
 RUNS_DIR = Path("runs")
@@ -88,11 +91,73 @@ def checkpoint_path(path: str | Path) -> Path:
 
 # --- opening --------------------------------------------------------------------------------
 def open_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load a gpt2es .pth, a run directory's checkpoint, or a local Hugging Face GPT-2 directory."""
+    """Load a gpt2es .pth, a run directory's checkpoint, or a local Hugging Face GPT-2 directory.
+    A LoRA adapter comes merged onto its base (float32 weights; `adapter` and `adapter_state` say
+    what it was), so it serves wherever a full model does."""
     path = checkpoint_path(path)
     if path.is_dir():
         return load_hf_checkpoint(path)
-    return load_checkpoint(path, map_location)
+    checkpoint = load_checkpoint(path, map_location)
+    if checkpoint.adapter_only:
+        return merged(checkpoint)
+    return checkpoint
+
+
+_OPENING: list[str] = []
+"""The bases being opened (an adapter's base may be another adapter run): a loop is an error."""
+
+
+def open_base(record: AdapterRecord, adapter: str | Path | None = None) -> Checkpoint:
+    """The base model of a LoRA adapter, opened where `record` says (a Hub id at its revision, or
+    a local file or directory) and checked to be the one it was trained on (its weights' hash).
+    `adapter` (the adapter's file) names it in the one-line errors."""
+    owner = f"{adapter}: " if adapter is not None else ""
+    source = record.base.source
+    target = with_revision(source, record.base.revision) if record.base.revision and is_hub_id(source) else source
+    if target in _OPENING:
+        raise CheckpointError(f"{owner}this LoRA adapter's base {target} is, through its own base, the adapter itself")
+    _OPENING.append(target)
+    try:
+        base = open_checkpoint(target)
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{owner}cannot open the base model of this LoRA adapter ({e}): put the model it was fine-tuned from "
+            f"back at {source}"
+        ) from None
+    finally:
+        _OPENING.pop()
+    check_base(record, base, adapter)
+    return base
+
+
+def merged(adapter: Checkpoint) -> Checkpoint:
+    """A LoRA checkpoint as read from its file (the adapter's tensors alone) merged onto its base:
+    the full weights, float32, the adapter's tensors kept in `adapter_state`, the tokenizer the
+    adapter's or else the base's."""
+    if not adapter.adapter_only:
+        return adapter
+    assert adapter.adapter is not None
+    base = open_base(adapter.adapter, adapter.path)
+    return replace(
+        adapter,
+        model_state=merge(base.model_state, adapter.model_state, adapter.adapter),
+        adapter_state=adapter.model_state,
+        tokenizer_json=adapter.tokenizer_json if adapter.tokenizer_json is not None else base.tokenizer_json,
+    )
+
+
+def base_source(init_from: str, revision: str | None = None, opened: Checkpoint | None = None) -> tuple[str, str | None]:
+    """Where an adapter's base is, for its record: a Hub model id as (owner/name, revision: the one
+    given, else the commit of the snapshot `opened` was read from, so the record names exactly that
+    model); a local path as the absolute path of the checkpoint file or Hugging Face directory it
+    names (a run directory: its best.pth, else last.pth), so the record holds wherever it is read from."""
+    if is_hub_id(init_from):
+        repo, own = split_id(str(with_revision(init_from, revision)))
+        snapshot = opened.path if opened is not None else None
+        if own is None and snapshot is not None and snapshot.parent.name == "snapshots":
+            own = snapshot.name  # the Hugging Face cache's snapshots/<commit>
+        return repo, own
+    return str(checkpoint_path(init_from).resolve()), None
 
 
 def open_tokenizer(path: str | Path) -> Tokenizer:
@@ -108,7 +173,12 @@ def open_tokenizer(path: str | Path) -> Tokenizer:
         return Tokenizer.from_path(path)
     if path.is_dir() and ((path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()):
         return Tokenizer.from_path(path)  # a tokenizer directory, or a Hugging Face model's own files
-    return open_checkpoint(path).tokenizer()
+    found = checkpoint_path(path)
+    if found.is_file():  # a gpt2es checkpoint's own tokenizer: a LoRA adapter's base is opened only if it has none
+        checkpoint = load_checkpoint(found)
+        if checkpoint.tokenizer_json is not None or not checkpoint.adapter_only:
+            return checkpoint.tokenizer()
+    return open_checkpoint(found).tokenizer()
 
 
 # --- defaults -------------------------------------------------------------------------------

@@ -12,6 +12,12 @@ numbers and tensors, so it loads with `torch.load(weights_only=True)` and never 
     training          None, or a `TrainingState` as a dict: what --resume needs (the run's
                       progress, settings, optimizer, data position, RNG states, metrics history)
     extra             free-form plain data (e.g. what dataset it was trained on)
+    adapter           only in a LoRA run's checkpoints: an `AdapterRecord` as a dict (the adapter's
+                      rank, alpha, dropout and targets, and its base: where it is and its hash);
+                      then `model` holds the adapter's tensors alone, named after our modules:
+                      h.0.attn.c_attn.lora_A (rank, in_features) and h.0.attn.c_attn.lora_B
+                      (out_features, rank), the layer's weight being W + (alpha / rank) B @ A
+                      (`merge_adapter`; artifacts.open_checkpoint opens the base and merges)
 
 `load_checkpoint` reads this format only; `TrainingState.from_dict` is the one reader of a
 training state, older layouts included. Whatever else a CHECKPOINT argument may name (a run
@@ -21,8 +27,10 @@ Face format is in hf/, which builds on `clean_state_dict` and `safe_torch_load` 
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,7 +38,8 @@ from typing import Any
 import torch
 
 from gpt2es_cli import __version__
-from gpt2es_cli.config import ModelConfig
+from gpt2es_cli.chat import template_name
+from gpt2es_cli.config import LORA_LAYERS, ModelConfig
 from gpt2es_cli.errors import CheckpointError, Gpt2esError, first_line
 from gpt2es_cli.fileio import atomic_write
 from gpt2es_cli.model import GPT2, parameter_counts
@@ -169,6 +178,153 @@ def _plain(value: Any, default: Any) -> Any:
     return type(default)(value) if isinstance(default, (int, float)) else value
 
 
+# --- LoRA adapters ------------------------------------------------------------------------------
+ADAPTER_TYPES = ("lora",)
+LORA_PARTS = ("lora_A", "lora_B")
+"""The two tensors of an adapted layer, after its module path: lora_A (rank, in), lora_B (out, rank)."""
+
+
+@dataclass(frozen=True)
+class AdapterBase:
+    """The frozen model an adapter was trained on, and how to find it again."""
+
+    source: str
+    """Where it was: the --init-from value (a Hub model id owner/name), or the checkpoint file or
+    Hugging Face directory a local path named, made absolute."""
+    revision: str | None
+    """The Hub revision it was fetched at (None: the main branch, or a local path)."""
+    sha256: str
+    """`weights_sha256` of its weights as gpt2es loads them: opening another model there is refused."""
+    model_config: dict[str, Any]
+    """Its ModelConfig as a dict."""
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """A LoRA adapter: what a run with --lora-rank trained (its tensors are the checkpoint's
+    model state), and the base it adapts."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
+    """The adapted Linear layers, as --lora-targets named them (c_attn, c_proj, c_fc, attn.c_proj,
+    mlp.c_proj): the last parts of their module paths, in every block."""
+    base: AdapterBase
+    type: str = "lora"
+
+    @property
+    def scaling(self) -> float:
+        """alpha / rank: what B @ A is multiplied by before it is added to the weight."""
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type, "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout,
+            "targets": list(self.targets), "base": asdict(self.base),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> AdapterRecord:
+        """Read a saved record; a damaged one is a CheckpointError saying what is wrong."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"its adapter record is a {type(data).__name__}, not a dict")
+        kind = data.get("type")
+        if kind not in ADAPTER_TYPES:
+            raise CheckpointError(
+                f"its adapter is of type {kind!r}, which this gpt2es does not read (it reads {', '.join(ADAPTER_TYPES)}): "
+                "upgrade with pip install -U gpt2es"
+            )
+        base = data.get("base")
+        try:
+            rank, alpha, dropout = data["rank"], float(data["alpha"]), float(data["dropout"])
+            targets = tuple(str(t) for t in data["targets"])
+            record = cls(
+                rank=rank, alpha=alpha, dropout=dropout, targets=targets, type=kind,
+                base=AdapterBase(
+                    source=str(base["source"]),
+                    revision=None if base.get("revision") is None else str(base["revision"]),
+                    sha256=str(base["sha256"]),
+                    model_config=dict(base["model_config"]),
+                ),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"its adapter record is incomplete or damaged ({first_line(e)})") from None
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1 or not targets:
+            raise CheckpointError("its adapter record is damaged (the rank must be a positive integer, with targets)")
+        return record
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A canonical hash of a model's weights: over the keys sorted (the prefixes of compiled and
+    DDP-wrapped models stripped), each key's name, dtype and shape, then its values as float32
+    bytes. The same weights hash alike wherever they were loaded from; any change of a value,
+    a shape or a name changes it."""
+    digest = hashlib.sha256()
+    clean = clean_state_dict(state)
+    for key in sorted(clean):
+        tensor = clean[key].detach()
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        digest.update(f"{key}\0{dtype}\0{tuple(tensor.shape)}\0".encode())
+        values = tensor.to(device="cpu", dtype=torch.float32).contiguous()
+        digest.update(memoryview(values.numpy()).cast("B"))
+    return digest.hexdigest()
+
+
+def adapted_modules(targets: Iterable[str], n_layer: int) -> list[str]:
+    """The module paths of the layers --lora-targets names (config.LORA_LAYERS; unknown names
+    adapt nothing) in a model of `n_layer` blocks, in block order: ['c_attn', 'c_fc'] ->
+    ['h.0.attn.c_attn', 'h.0.mlp.c_fc', 'h.1.attn.c_attn', ...]."""
+    chosen = {layer for name in targets for layer in LORA_LAYERS.get(name, ())}
+    order = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    return [f"h.{i}.{layer}" for i in range(n_layer) for layer in order if layer in chosen]
+
+
+def adapter_problems(config: ModelConfig, record: AdapterRecord, state: Any) -> list[str]:
+    """What is wrong with `state` as the tensors of adapter `record` on a GPT2 with `config`:
+    missing, unexpected or non-tensor entries, wrong shapes, non-floating dtypes (empty when it fits)."""
+    if not isinstance(state, dict):
+        return [f"the adapter's weights are a {type(state).__name__}, not a dict of tensors"]
+    state = clean_state_dict(state)
+    weights = GPT2.state_shapes(config)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for module in adapted_modules(record.targets, config.n_layer):
+        out_features, in_features = weights[f"{module}.weight"]
+        shapes[f"{module}.lora_A"] = (record.rank, in_features)
+        shapes[f"{module}.lora_B"] = (out_features, record.rank)
+    if not shapes:
+        return [f"its targets {', '.join(record.targets)} name no layer of the model"]
+    problems = [f"{key} is missing" for key in shapes if key not in state]
+    problems += [f"{key} is not part of the adapter" for key in state if key not in shapes]
+    for key, shape in shapes.items():
+        value = state.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"{key} is a {type(value).__name__}, not a tensor")
+        elif tuple(value.shape) != shape:
+            problems.append(f"{key} has shape {tuple(value.shape)}, the adapter's rank implies {shape}")
+        elif not value.is_floating_point():
+            problems.append(f"{key} holds {value.dtype} values, not floating point")
+    return problems
+
+
+def merge_adapter(base_state: dict[str, torch.Tensor], adapter_state: dict[str, torch.Tensor],
+                  record: AdapterRecord) -> dict[str, torch.Tensor]:
+    """The full weights of the adapted model, float32: every base weight, and each adapted layer's
+    W + (alpha / rank) * B @ A (W as nn.Linear stores it: (out, in))."""
+    merged = {k: v.detach().to(torch.float32) for k, v in clean_state_dict(base_state).items()}
+    adapter = clean_state_dict(adapter_state)
+    for key in sorted(k for k in adapter if k.endswith(".lora_A")):
+        module = key.removesuffix(".lora_A")
+        a, b = adapter[key].detach().float(), adapter[f"{module}.lora_B"].detach().float()
+        weight = f"{module}.weight"
+        if weight not in merged:
+            raise CheckpointError(f"the adapter adapts {module}, which its base does not have")
+        merged[weight] = merged[weight] + record.scaling * (b.to(merged[weight].device) @ a.to(merged[weight].device))
+    return merged
+
+
 @dataclass
 class Checkpoint:
     """Everything one checkpoint holds, loaded into memory."""
@@ -184,9 +340,25 @@ class Checkpoint:
     source: str = "gpt2es"
     """'gpt2es' for our .pth files, 'huggingface' for a Hugging Face directory."""
     path: Path | None = None
+    adapter: AdapterRecord | None = None
+    """A LoRA run's adapter (None: a full model). As read from the file (`load_checkpoint`),
+    model_state holds the adapter's tensors alone; opened (artifacts.open_checkpoint), the
+    weights merged onto its base, the tensors kept in `adapter_state`."""
+    adapter_state: dict[str, torch.Tensor] | None = None
+    """The adapter's own tensors beside the merged weights (None until merged)."""
+
+    @property
+    def adapter_only(self) -> bool:
+        """model_state is an adapter's tensors, not a model's weights (a LoRA checkpoint as saved)."""
+        return self.adapter is not None and self.adapter_state is None
 
     def build_model(self, device: torch.device | str = "cpu") -> GPT2:
         """The model with these weights, in eval mode, on `device`."""
+        if self.adapter_only:
+            raise CheckpointError(
+                f"{self.path} holds a LoRA adapter without its base: open it with artifacts.open_checkpoint, "
+                "which merges it onto the base"
+            )
         model = GPT2(self.model_config)
         try:
             model.load_state_dict(self.model_state)
@@ -223,6 +395,7 @@ class Checkpoint:
                 "vocab_size": tok.vocab_size,
                 "special_tokens": tok.special_tokens,
                 "eos_id": tok.eos_id,
+                "chat_template": template_name(tok.chat_template),  # 'none' for a base model
             }
         training = _training_summary(self.training) if self.training else None
         first = next(iter(self.model_state.values()), None)
@@ -238,10 +411,21 @@ class Checkpoint:
             "tokenizer": tokenizer,
             "training": training,
             "extra": self.extra,
+            "adapter": self._adapter_summary(),
         }
 
+    def _adapter_summary(self) -> dict[str, Any] | None:
+        if self.adapter is None:
+            return None
+        tensors = self.adapter_state if self.adapter_state is not None else self.model_state
+        record = self.adapter.to_dict()
+        return {**record, "trainable_parameters": sum(t.numel() for t in tensors.values()),
+                "layers": len(tensors) // 2, "scaling": self.adapter.scaling}
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The dict saved in the file. A merged adapter checkpoint saves as the full model it is
+        (no adapter record); one holding the adapter's tensors alone saves as a LoRA checkpoint."""
+        data = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "gpt2es_version": __version__,
@@ -251,6 +435,10 @@ class Checkpoint:
             "training": self.training.to_dict() if self.training is not None else None,
             "extra": self.extra,
         }
+        if self.adapter_only:
+            assert self.adapter is not None
+            data["adapter"] = self.adapter.to_dict()
+        return data
 
 
 def _training_summary(training: TrainingState) -> dict[str, Any]:
@@ -344,11 +532,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     try:
         config = ModelConfig.from_dict(data["model_config"])
-        problems = weight_problems(config, data["model"])
+        adapter = AdapterRecord.from_dict(data["adapter"]) if data.get("adapter") is not None else None
+        if adapter is not None:
+            problems = adapter_problems(config, adapter, data["model"])
+            what = "its adapter's tensors do not fit its rank and model config"
+        else:
+            problems = weight_problems(config, data["model"])
+            what = "its weights do not fit its model config"
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise CheckpointError(
-                f"{path} is a damaged gpt2es checkpoint: its weights do not fit its model config: "
+                f"{path} is a damaged gpt2es checkpoint: {what}: "
                 f"{problems[0]}{more}; use another checkpoint (a run's last.pth or best.pth)"
             )
         training = data.get("training")
@@ -361,6 +555,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             gpt2es_version=str(data.get("gpt2es_version")),
             format_version=version,
             path=path,
+            adapter=adapter,
         )
     except (KeyError, TypeError, Gpt2esError) as e:
         raise CheckpointError(f"{path} is a damaged gpt2es checkpoint ({e})") from None

@@ -135,9 +135,41 @@ def parse_loggers(value: object, option: str = "--log-to") -> str:
     return ",".join(dict.fromkeys(names))
 
 
+LORA_LAYERS = {
+    "c_attn": ("attn.c_attn",), "attn.c_attn": ("attn.c_attn",), "c_proj": ("attn.c_proj", "mlp.c_proj"),
+    "attn.c_proj": ("attn.c_proj",), "c_fc": ("mlp.c_fc",), "mlp.c_fc": ("mlp.c_fc",), "mlp.c_proj": ("mlp.c_proj",),
+}
+"""What each --lora-targets name adapts in every block: the attention's fused q, k, v (c_attn), its output
+projection (attn.c_proj), the MLP's two layers (c_fc, mlp.c_proj); c_proj names both projections."""
+DEFAULT_LORA_TARGETS = "c_attn,c_proj,c_fc"
+LORA_BASE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def parse_lora_targets(value: object, option: str = "--lora-targets") -> str:
+    """'c_attn, c_proj' -> 'c_attn,c_proj': names of the blocks' Linear layers (LORA_LAYERS), each once."""
+    names = [n.strip() for n in str(value).split(",") if n.strip()]
+    problem = lora_targets_problem(names, option)
+    if problem:
+        raise ConfigError(problem)
+    return ",".join(dict.fromkeys(names))
+
+
+def lora_targets_problem(names: list[str], option: str = "--lora-targets") -> str | None:
+    if not names:
+        return f"{option} must name at least one layer, e.g. {DEFAULT_LORA_TARGETS}"
+    unknown = [n for n in names if n not in LORA_LAYERS]
+    if unknown:
+        return (
+            f"{option}: {', '.join(unknown)} is not a Linear layer of the blocks: choose from c_attn (attention's "
+            "q, k, v), c_proj (both output projections), attn.c_proj, c_fc (the MLP's first layer), mlp.c_proj"
+        )
+    return None
+
+
 # The --help sections of `gpt2es train`.
-DATA, MODEL, BUDGET, OPTIM, DEVICE, WATCH = (
-    "Data and run", "Model", "Budget", "Optimizer", "Device and precision", "Evaluation, logs, checkpoints",
+DATA, MODEL, FINETUNE, BUDGET, OPTIM, DEVICE, WATCH = (
+    "Data and run", "Model", "Fine-tuning", "Budget", "Optimizer", "Device and precision",
+    "Evaluation, logs, checkpoints",
 )
 _BIG = 10**12
 
@@ -181,10 +213,25 @@ class TrainConfig:
     untied_head: bool = setting(False, panel=MODEL)
     """A separate output projection instead of sharing the token embedding (exported with
     tie_word_embeddings false); it adds vocabulary x width parameters."""
-    init_from: str | None = setting(None, panel=MODEL)
+    init_from: str | None = setting(None, panel=FINETUNE)
     """Start from a checkpoint, run directory, Hugging Face GPT-2 directory or Hub model id (fine-tuning)."""
-    revision: str | None = setting(None, panel=MODEL, metavar="REV", default_text="main")
+    revision: str | None = setting(None, panel=FINETUNE, metavar="REV", default_text="main")
     """Branch, tag or commit of a Hub model id given to --init-from."""
+    lora_rank: int | None = setting(None, ge=1, le=4096, panel=FINETUNE, metavar="R", default_text="none: every weight trains")
+    """Fine-tune the --init-from model with LoRA adapters of this rank (8 to 64 is usual): its weights stay frozen
+    and only two small matrices per adapted layer train, so a model several times larger fits in memory. The
+    run's checkpoints hold the adapters alone and name their base (it must stay where it is: a changed base is
+    refused); sample, eval, inspect, serve and export open them merged onto it. Needs pip install 'gpt2es[lora]'."""
+    lora_alpha: float | None = setting(None, gt=0, le=1e6, panel=FINETUNE, default_text="2 x --lora-rank")
+    """LoRA's scale: each adapted weight becomes W + (alpha / rank) B A."""
+    lora_dropout: float = setting(0.05, ge=0, lt=1, panel=FINETUNE)
+    """Dropout on the adapters' input while training."""
+    lora_targets: str = setting(DEFAULT_LORA_TARGETS, parse=parse_lora_targets, panel=FINETUNE, metavar="LAYERS")
+    """The Linear layers adapted in every block, comma-separated: c_attn (attention's q, k, v), c_proj (both
+    output projections; attn.c_proj or mlp.c_proj for one), c_fc (the MLP's first layer)."""
+    lora_base_dtype: str = setting("auto", choices=LORA_BASE_DTYPES, panel=FINETUNE)
+    """The dtype the frozen weight matrices are held in: auto is the run's compute dtype (bfloat16 or float16 with
+    --amp or --dtype, else float32); half precision halves their memory (the adapters stay float32)."""
     max_steps: int | None = setting(None, ge=1, le=_BIG, panel=BUDGET)
     """Stop after this many optimizer steps."""
     max_tokens: int | None = setting(None, ge=1, le=10**18, panel=BUDGET)
@@ -219,7 +266,9 @@ class TrainConfig:
     """AdamW's second-moment decay."""
     optimizer: str = setting("muon", choices=OPTIMIZERS, panel=OPTIM)
     """muon: Muon for the blocks' weight matrices and AdamW for embeddings, the tied head, norms and biases
-    (benchmarks/bench_quality.py compares the two at a fixed time); or adamw for every parameter."""
+    (benchmarks/bench_quality.py compares the two at a fixed time); or adamw for every parameter. With
+    --lora-rank the adapters always train with AdamW (Muon is made for full weight matrices, not their
+    low-rank factors)."""
     muon_lr: float = setting(3e-3, gt=0, le=10, panel=OPTIM)
     """Peak learning rate of the Muon group (--optimizer muon), on AdamW's scale (each matrix's update is sized
     like AdamW's); it follows the same schedule as --lr."""
@@ -287,6 +336,20 @@ class TrainConfig:
             found.append(f"--min-lr ({self.min_lr:g}) must not exceed --lr ({self.lr:g})")
         if self.revision is not None and not self.init_from:
             found.append("--revision is for a Hub model id given to --init-from: add --init-from owner/name or drop it")
+        if self.lora_rank is not None and not self.init_from:
+            found.append(
+                "--lora-rank fine-tunes an existing model: add --init-from (a checkpoint, run directory, Hugging Face "
+                "directory or Hub id), or drop --lora-rank to train every weight"
+            )
+        if self.lora_rank is None:
+            unused = [o for o, v in (("--lora-alpha", self.lora_alpha is not None),
+                                     ("--lora-base-dtype", self.lora_base_dtype != "auto")) if v]
+            if unused:
+                found.append(f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} for LoRA: add --lora-rank R or drop {'it' if len(unused) == 1 else 'them'}")
+        if isinstance(self.lora_targets, str):
+            problem = lora_targets_problem([n.strip() for n in self.lora_targets.split(",") if n.strip()])
+            if problem:
+                found.append(problem)
         per_pass = self.batch_size * world_size if isinstance(self.batch_size, int) and self.batch_size > 0 else None
         if isinstance(self.global_batch, int) and self.global_batch > 0 and per_pass and self.global_batch % per_pass:
             fit = max(per_pass, self.global_batch // per_pass * per_pass)
@@ -308,6 +371,13 @@ class TrainConfig:
     def peak_lr(self) -> float:
         """--lr, or its default when not given (plan_run resolves --preset auto's first)."""
         return self.lr if self.lr is not None else DEFAULT_LR
+
+    @property
+    def lora_scale(self) -> float:
+        """--lora-alpha, or its default: twice --lora-rank."""
+        if self.lora_alpha is not None:
+            return self.lora_alpha
+        return 2.0 * (self.lora_rank or 0)
 
     @property
     def floor_lr(self) -> float:
@@ -361,6 +431,7 @@ def parse_weighted(value: str) -> tuple[str, float | None]:
 
 
 TXT_MODES = ("blank", "line", "file")
+FORMATS = ("text", "instructions")
 SOURCE, TOKENIZER, HYGIENE, OUTPUT = "Source", "Tokenizer", "Cleaning and split", "Output"
 
 
@@ -386,6 +457,16 @@ class PrepareConfig(Settings):
     txt_mode: str = setting("blank", choices=TXT_MODES, panel=SOURCE)
     """How .txt files split into documents: 'blank' (a blank line ends a document), 'line' (one per line)
     or 'file' (one per file; best for books)."""
+    format: str = setting("text", choices=FORMATS, panel=SOURCE)
+    """text: documents to continue; instructions: examples to fine-tune on, from .jsonl or .json files (one
+    {"instruction", "input", "output"} or {"messages": [{"role", "content"}, ...]} object each) or demo (questions
+    about the demo tales); only the answers are learned (a loss mask) and the tokenizer gets a chat template."""
+    context: int = setting(1024, ge=2, le=1 << 20, panel=SOURCE)
+    """--format instructions: the context of the model to fine-tune, in tokens; longer examples are dropped
+    (counted in the summary)."""
+    strict: bool = setting(False, panel=SOURCE)
+    """--format instructions: stop at the first bad example (not an object, a missing field, an empty answer,
+    too long) with an error naming its line, instead of counting and skipping it."""
     max_docs: int | None = setting(None, ge=1, le=10**15, panel=SOURCE)
     """Take at most this many documents."""
     max_bytes: int | None = setting(
@@ -427,7 +508,8 @@ class PrepareConfig(Settings):
 
     @property
     def output_dir(self) -> Path:
-        """--out, or data/<a name derived from the dataset> (names joined by '-' for a mixture)."""
+        """--out, or data/<a name derived from the dataset> (names joined by '-' for a mixture; '-instructions'
+        added for --format instructions)."""
         if self.out is not None:
             return Path(self.out)
         stems = []
@@ -435,7 +517,7 @@ class PrepareConfig(Settings):
             name = parse_weighted(value)[0]  # without its weight
             base = re.split(r"[*?\[]", name)[0].rstrip("/")  # a glob: the folder it searches
             stems.append(re.sub(r"[^\w-]+", "-", Path(base).name.split(".")[0]) or "dataset")
-        return Path("data") / "-".join(stems)
+        return Path("data") / ("-".join(stems) + ("-instructions" if self.format == "instructions" else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

@@ -8,6 +8,9 @@ once, with at least `n_positions - stride` tokens of context (except at the very
 Bits per byte = total loss in bits / UTF-8 bytes of the scored text: unlike perplexity it does
 not depend on the tokenizer, so it compares models with different vocabularies.
 
+A dataset with a loss mask (an instruction dataset) is scored on its answers only: the windows
+still read every token, but only the targets the mask scores count, in the loss and in the bytes.
+
 `EvalText` is the text to score (a dataset split or text files), handed to each model in its
 own tokenizer's ids; `evaluate_ids` scores one model on it.
 """
@@ -82,6 +85,16 @@ def count_text_bytes(tokenizer: Tokenizer, ids: np.ndarray, chunk: int = 1 << 16
     return total
 
 
+def count_token_bytes(tokenizer: Tokenizer, ids: np.ndarray) -> int:
+    """UTF-8 bytes the tokens spell one by one (special tokens count 0): the bytes of scattered
+    scored tokens, which need not form whole text."""
+    unique, counts = np.unique(np.asarray(ids), return_counts=True)
+    specials = set(tokenizer.special_tokens)
+    sizes = [0 if tokenizer.backend.id_to_token(int(i)) in specials else len(tokenizer.token_bytes(int(i)))
+             for i in unique]
+    return int(np.dot(np.asarray(sizes, dtype=np.int64), counts))
+
+
 @torch.inference_mode()
 def evaluate_ids(
     model: GPT2,
@@ -93,8 +106,10 @@ def evaluate_ids(
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     progress: Callable[[int, int], None] | None = None,
     context: int | None = None,
+    mask: np.ndarray | None = None,
 ) -> EvalResult:
     """Score token ids (1-D) with a sliding window. `progress(done, total)` counts tokens scored.
+    `mask` (one value per id, 1: scored; an instruction dataset's loss mask) scores those targets only.
 
     `context`: tokens per window, by default the model's; longer than the trained context only for
     sinusoidal and rope positions (how they extrapolate). The model may compute in any dtype
@@ -113,6 +128,8 @@ def evaluate_ids(
         raise DataError(f"--stride must be between 1 and the context ({context}), got {stride}")
     if len(ids) < 2:
         raise DataError(f"the text is too short to score: {len(ids)} token(s), at least 2 are needed")
+    if mask is not None and len(mask) != len(ids):
+        raise DataError(f"the loss mask has {len(mask)} values for {len(ids)} tokens: prepare the dataset again")
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1 (got {batch_size})")
     device = model.wte.weight.device
@@ -121,29 +138,38 @@ def evaluate_ids(
     starts = window_starts(num_targets, window, stride)
     autocast = autocast or contextlib.nullcontext
     total_nll, scored, scored_until = 0.0, 0, 0  # targets 1..scored_until are done
+    covered = 0  # targets the windows reached (all of them, at the end)
     begin = time.perf_counter()
     for b in range(0, len(starts), batch_size):
         batch = starts[b : b + batch_size]
         rows = np.stack([ids[s : s + window + 1] for s in batch]).astype(np.int64)
         tokens = torch.from_numpy(rows).to(device)  # (B, window+1)
         # Target j of a window starting at s is token s+1+j; score it only if no window did.
-        mask = torch.zeros(len(batch), window, dtype=torch.bool)
+        new = torch.zeros(len(batch), window, dtype=torch.bool)
         for r, s in enumerate(batch):
             first_new = max(scored_until - s, 0)
-            mask[r, first_new:] = True
+            new[r, first_new:] = True
             scored_until = s + window
-        mask = mask.to(device)
+        covered += int(new.sum())
+        if mask is not None:  # and only the targets the loss mask scores
+            new &= torch.from_numpy(np.stack([np.asarray(mask[s + 1 : s + 1 + window]) for s in batch]) != 0)
+        new = new.to(device)
         with autocast():
             logits = model(tokens[:, :-1])  # (B, window, V)
         # float32 logits: bf16 log-softmax over a large vocabulary would round the loss.
         nll = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
-        total_nll += float(nll.view(len(batch), window)[mask].sum())
-        scored += int(mask.sum())
+        total_nll += float(nll.view(len(batch), window)[new].sum())
+        scored += int(new.sum())
         if progress:
-            progress(scored, num_targets)
+            progress(covered, num_targets)
     seconds = time.perf_counter() - begin
-    assert scored == num_targets, (scored, num_targets)
-    nbytes = count_text_bytes(tokenizer, ids[1:])
+    assert covered == num_targets, (covered, num_targets)
+    if mask is None:
+        nbytes = count_text_bytes(tokenizer, ids[1:])
+    else:
+        if scored == 0:
+            raise DataError("the loss mask scores none of these tokens: there is no answer to evaluate")
+        nbytes = count_token_bytes(tokenizer, np.asarray(ids[1:])[np.asarray(mask[1:]) != 0])
     loss = total_nll / scored
     return EvalResult(
         name=name,
@@ -222,6 +248,7 @@ class EvalText:
         tokenizer: Tokenizer | None = None,
         texts: list[str] | None = None,
         max_tokens: int | None = None,
+        mask: np.ndarray | None = None,
     ):
         if max_tokens is not None and max_tokens < 2:
             raise DataError(f"--max-tokens must be at least 2 (got {max_tokens})")
@@ -233,6 +260,8 @@ class EvalText:
         self.texts = texts
         self.ids = None if ids is None else np.asarray(ids[:max_tokens] if max_tokens else ids)
         self.tokenizer = tokenizer
+        self.mask = None if mask is None else np.asarray(mask[:max_tokens] if max_tokens else mask)
+        """The loss mask of `ids` (a dataset's), or None: every token is scored."""
 
     @classmethod
     def from_dataset(cls, path: str | Path, split: str = "val", max_tokens: int | None = None) -> EvalText:
@@ -240,7 +269,9 @@ class EvalText:
         dataset = PreparedDataset.open(path)
         if split not in ("train", "val"):
             raise DataError(f"--split must be train or val (got {split!r})")
-        return cls(f"{path} ({split})", ids=dataset.tokens(split), tokenizer=dataset.tokenizer(), max_tokens=max_tokens)
+        label = f"{path} ({split}{', answers only' if dataset.masked else ''})"
+        return cls(label, ids=dataset.tokens(split), tokenizer=dataset.tokenizer(), max_tokens=max_tokens,
+                   mask=dataset.mask(split))
 
     @classmethod
     def from_files(cls, path: str | Path, max_tokens: int | None = None) -> EvalText:
@@ -258,10 +289,23 @@ class EvalText:
             return cls.from_dataset(data, split, max_tokens)
         return cls.from_files(text, max_tokens)
 
+    def mask_for(self, tokenizer: Tokenizer) -> np.ndarray | None:
+        """The loss mask of `ids_for(tokenizer)` (None: every token is scored)."""
+        return self.mask if self.mask is not None and self._same_tokenizer(tokenizer) else None
+
+    def _same_tokenizer(self, tokenizer: Tokenizer) -> bool:
+        return self.tokenizer is not None and self.tokenizer.backend.to_str() == tokenizer.backend.to_str()
+
     def ids_for(self, tokenizer: Tokenizer) -> np.ndarray:
-        """The text in `tokenizer`'s ids (re-tokenized when it is not the dataset's tokenizer)."""
-        if self.ids is not None and self.tokenizer.to_json() == tokenizer.to_json():
+        """The text in `tokenizer`'s ids (re-tokenized when it is not the dataset's tokenizer; a
+        dataset with a loss mask is scored only with its own)."""
+        if self.ids is not None and self._same_tokenizer(tokenizer):
             return self.ids
+        if self.mask is not None:
+            raise DataError(
+                f"{self.label} is scored on its answers, marked for its own tokenizer, and this model has another: "
+                "evaluate models fine-tuned on it, or pass --text"
+            )
         if self.texts is None:
             self.texts = split_documents(self.tokenizer, self.ids)
         return encode_documents(tokenizer, self.texts, self.max_tokens)

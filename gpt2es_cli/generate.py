@@ -7,7 +7,7 @@ stream; `generate` runs one to the end and returns the new token ids.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 
 import torch
@@ -71,7 +71,8 @@ class Generation:
 
     Iterating yields, at each step, the list of new token ids (one per sample; None for a
     sample that already ended). `samples` holds each sample's new ids (without <|endoftext|>),
-    `finished` whether each ended at <|endoftext|>.
+    `finished` whether each ended at <|endoftext|> (or at one of `stop_ids`, e.g. a chat
+    template's end-of-turn token, which is left out too).
 
     With `use_cache` the prompt is encoded once and each step feeds one token; past the context
     the cache is refilled from the last three quarters of the context (positions are learned,
@@ -95,6 +96,7 @@ class Generation:
         use_cache: bool = True,
         autocast: contextlib.AbstractContextManager | None = None,
         compile: bool = False,
+        stop_ids: Collection[int] = (),
     ):
         if num_samples is not None:
             config = replace(config, num_samples=num_samples)
@@ -103,6 +105,7 @@ class Generation:
         self.model = model
         self.config = config
         self.eos_id = eos_id
+        self.stop_ids = {eos_id, *stop_ids}
         self.num_samples = num_samples
         self.use_cache = use_cache
         self.autocast = autocast or contextlib.nullcontext()
@@ -165,7 +168,7 @@ class Generation:
             for i, t in enumerate(nxt.tolist()):
                 if self.finished[i]:
                     step.append(None)
-                elif stop_at_eos and t == self.eos_id:
+                elif stop_at_eos and t in self.stop_ids:
                     self.finished[i] = newly_ended = True
                     step.append(None)
                 else:

@@ -1,12 +1,17 @@
 """Tokenizers: load GPT-2's or a local one, train a Spanish byte-level BPE, decode as a stream.
 
 Everything goes through the `tokenizers` library's `Tokenizer`, which serializes to one JSON
-string: that string travels inside every checkpoint and prepared dataset.
+string: that string travels inside every checkpoint and prepared dataset. A tokenizer made for
+instruction tuning also carries a chat template (a Jinja string, as transformers' `chat_template`;
+chat.py renders it): in the JSON string it is one more top-level key, `chat_template`, taken out
+before the library reads the rest; on disk `save` writes it beside tokenizer.json as
+chat_template.jinja, as transformers does, so tokenizer.json stays the library's own format.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -16,37 +21,56 @@ from gpt2es_cli.errors import TokenizerError, first_line
 
 EOS_TOKEN = "<|endoftext|>"
 GPT2_HUB_ID = "openai-community/gpt2"
+CHAT_TEMPLATE_KEY = "chat_template"
+"""The key of the chat template in a tokenizer's JSON string (and in tokenizer_config.json)."""
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+"""The file beside tokenizer.json that holds the chat template (transformers' name for it)."""
 
 
 class Tokenizer:
-    """A byte-level BPE tokenizer with `<|endoftext|>` as its one special token."""
+    """A byte-level BPE tokenizer with `<|endoftext|>` as its special token (and, for a tokenizer
+    trained for instruction tuning, the chat markers), optionally with a chat template."""
 
-    def __init__(self, backend: HFTokenizer):
+    def __init__(self, backend: HFTokenizer, chat_template: str | None = None):
         self.backend = backend
         eos = backend.token_to_id(EOS_TOKEN)
         if eos is None:
             raise TokenizerError(f"the tokenizer has no {EOS_TOKEN} token: add it as a special token")
         self.eos_id: int = eos
+        self.chat_template = chat_template
+        """A Jinja chat template (chat.py renders it), or None: a tokenizer for plain text."""
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
     def from_json(cls, text: str) -> Tokenizer:
-        """From the JSON text of a `tokenizer.json`."""
+        """From the JSON text of a `tokenizer.json`, or of `to_json` (which may add a chat template)."""
+        template = None
         try:
-            return cls(HFTokenizer.from_str(text))
+            if f'"{CHAT_TEMPLATE_KEY}"' in text:  # cheap test first: most tokenizers have none
+                data = json.loads(text)
+                if isinstance(data, dict) and CHAT_TEMPLATE_KEY in data:
+                    template = data.pop(CHAT_TEMPLATE_KEY)
+                    if not isinstance(template, str):
+                        raise TokenizerError(f"the tokenizer's {CHAT_TEMPLATE_KEY} is not text: fix or remove it")
+                    text = json.dumps(data, ensure_ascii=False)
+            return cls(HFTokenizer.from_str(text), template)
+        except TokenizerError:
+            raise
         except Exception as e:  # the tokenizers library raises plain Exceptions
             raise TokenizerError(f"cannot read tokenizer JSON: {first_line(e)}") from None
 
     @classmethod
     def from_path(cls, path: str | Path) -> Tokenizer:
         """From a `tokenizer.json` file, or a directory holding `tokenizer.json` or
-        `vocab.json` + `merges.txt` (GPT-2's original files)."""
+        `vocab.json` + `merges.txt` (GPT-2's original files). A chat template beside it is read
+        too: chat_template.jinja, else the `chat_template` of tokenizer_config.json."""
         path = Path(path)
         if path.is_dir():
             if (path / "tokenizer.json").is_file():
                 path = path / "tokenizer.json"
             elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-                return cls.from_vocab_merges(path / "vocab.json", path / "merges.txt")
+                tok = cls.from_vocab_merges(path / "vocab.json", path / "merges.txt")
+                return tok.with_chat_template(_template_beside(path))
             else:
                 raise TokenizerError(
                     f"{path} holds no tokenizer: expected tokenizer.json or vocab.json + merges.txt"
@@ -54,9 +78,10 @@ class Tokenizer:
         if not path.is_file():
             raise TokenizerError(f"tokenizer file {path} does not exist: check the path")
         try:
-            return cls.from_json(path.read_text(encoding="utf-8"))
+            tok = cls.from_json(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError:
             raise TokenizerError(f"{path} is not a tokenizer.json (not UTF-8 text)") from None
+        return tok if tok.chat_template is not None else tok.with_chat_template(_template_beside(path.parent))
 
     @classmethod
     def from_vocab_merges(cls, vocab: str | Path, merges: str | Path) -> Tokenizer:
@@ -87,26 +112,35 @@ class Tokenizer:
 
     @classmethod
     def train(
-        cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2, length: int | None = None
+        cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2, length: int | None = None,
+        special_tokens: Sequence[str] = (),
     ) -> Tokenizer:
-        """Train a byte-level BPE on an iterator of texts (streamed, never held whole)."""
+        """Train a byte-level BPE on an iterator of texts (streamed, never held whole).
+
+        `special_tokens` (e.g. chat markers) get ids right after `<|endoftext|>` (0) and are never
+        split or merged: in the texts they are read as themselves."""
         alphabet = pre_tokenizers.ByteLevel.alphabet()
-        if vocab_size < len(alphabet) + 1:
+        specials = [EOS_TOKEN, *(t for t in special_tokens if t != EOS_TOKEN)]
+        if vocab_size < len(alphabet) + len(specials):
             raise TokenizerError(
                 f"vocab size {vocab_size} is too small: a byte-level BPE needs at least "
-                f"{len(alphabet) + 1} (256 bytes + {EOS_TOKEN})"
+                f"{len(alphabet) + len(specials)} (256 bytes + {', '.join(specials)})"
             )
         backend = HFTokenizer(models.BPE())
         _byte_level(backend)
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
-            special_tokens=[EOS_TOKEN],
+            special_tokens=specials,
             initial_alphabet=alphabet,
             show_progress=False,
         )
         backend.train_from_iterator(texts, trainer=trainer, length=length)
         return cls(backend)
+
+    def with_chat_template(self, template: str | None) -> Tokenizer:
+        """The same tokenizer (sharing its backend) with this chat template (None: without one)."""
+        return type(self)(self.backend, template)
 
     # --- use ----------------------------------------------------------------------------------
     @property
@@ -122,6 +156,10 @@ class Tokenizer:
     def kind(self) -> str:
         """The model type, e.g. 'BPE'."""
         return type(self.backend.model).__name__
+
+    def token_id(self, token: str) -> int | None:
+        """The id of a token (e.g. a special token), or None when the vocabulary lacks it."""
+        return self.backend.token_to_id(token)
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
@@ -153,10 +191,35 @@ class Tokenizer:
         return out
 
     def to_json(self) -> str:
-        return self.backend.to_str()
+        """The tokenizers library's JSON, plus the `chat_template` key when there is a template."""
+        text = self.backend.to_str()
+        if self.chat_template is None:
+            return text
+        template = json.dumps(self.chat_template, ensure_ascii=False)
+        return f'{text.rstrip().removesuffix("}")},"{CHAT_TEMPLATE_KEY}":{template}}}'
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json(), encoding="utf-8")
+        """Write tokenizer.json (the library's format) and, with a template, chat_template.jinja beside it."""
+        path = Path(path)
+        path.write_text(self.backend.to_str(), encoding="utf-8")
+        if self.chat_template is not None:
+            (path.parent / CHAT_TEMPLATE_FILE).write_text(self.chat_template, encoding="utf-8")
+
+
+def _template_beside(directory: Path) -> str | None:
+    """The chat template stored in a tokenizer's directory (chat_template.jinja, else tokenizer_config.json's)."""
+    file = directory / CHAT_TEMPLATE_FILE
+    if file.is_file():
+        return file.read_text(encoding="utf-8")
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None  # a damaged tokenizer_config.json: transformers' business, not ours
+        template = data.get(CHAT_TEMPLATE_KEY) if isinstance(data, dict) else None
+        return template if isinstance(template, str) else None
+    return None
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -127,6 +127,19 @@ def test_linear_cross_entropy_matches_logits_then_loss(monkeypatch, autocast):
         loss_module.linear_cross_entropy(hidden, weight, targets, reduction="none")
 
 
+def test_a_frozen_head_gets_no_weight_gradient_and_the_same_input_gradient(monkeypatch):
+    """LoRA freezes the tied head: the fused loss then skips its (V, C) weight gradient entirely."""
+    monkeypatch.setitem(loss_module.LINEAR_CHUNK_ELEMENTS, "cpu", 7 * 50)
+    torch.manual_seed(0)
+    hidden, weight, targets = torch.randn(2, 15, 16), torch.randn(50, 16) * 0.5, torch.randint(0, 50, (2, 15))
+    h1, h2 = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    frozen, trained = weight.clone(), weight.clone().requires_grad_()
+    loss_module.linear_cross_entropy(h1, frozen, targets).backward()
+    loss_module.linear_cross_entropy(h2, trained, targets).backward()
+    assert frozen.grad is None and trained.grad is not None
+    torch.testing.assert_close(h1.grad, h2.grad, atol=0, rtol=0)
+
+
 def test_model_loss_with_targets_is_the_loss_of_its_logits(tiny_model):
     torch.manual_seed(0)
     x = torch.randint(0, tiny_model.config.vocab_size, (2, 12))

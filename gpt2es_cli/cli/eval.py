@@ -74,7 +74,7 @@ def evaluate(
             task = progress.add_task(f"scoring {name.name}", total=max(len(ids) - 1, 1))
             results.append(evaluate_ids(
                 ready.model, ids, ready.tokenizer, name=str(name), stride=settings.stride,
-                batch_size=settings.batch_size, context=settings.context,
+                batch_size=settings.batch_size, context=settings.context, mask=source.mask_for(ready.tokenizer),
                 progress=lambda done, total, t=task: progress.update(t, completed=done),
             ))
             del ready

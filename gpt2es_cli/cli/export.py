@@ -16,7 +16,7 @@ from gpt2es_cli.cli.options import settings_options
 from gpt2es_cli.config import InferenceConfig, ModelConfig
 
 
-@command("export", epilog='Examples:\n\n  gpt2es export demo-hf\n\n  gpt2es export runs/demo/best.pth demo-hf --dtype bf16\n\n  gpt2es export runs/demo demo-hf --push-to-hub you/gpt2es-demo')
+@command("export", epilog='Examples:\n\n  gpt2es export demo-hf\n\n  gpt2es export runs/demo/best.pth demo-hf --dtype bf16\n\n  gpt2es export runs/demo demo-hf --push-to-hub you/gpt2es-demo\n\n  gpt2es export runs/lora lora-adapter\n\n  gpt2es export runs/lora lora-merged --merge')
 @settings_options(InferenceConfig, into="inference", only=("dtype", "revision"))
 def export(
     inference: dict[str, Any],
@@ -54,13 +54,21 @@ def export(
                      help="Also upload the export to this Hub model repo (created if needed; needs a token)."),
     ] = None,
     private: Annotated[bool, typer.Option("--private", metavar="", help="With --push-to-hub: create the repo private.")] = False,
+    merge: Annotated[
+        bool,
+        typer.Option("--merge", metavar="", help="For a LoRA run: merge the adapter into its base and export the "
+                     "whole model, instead of a peft adapter directory."),
+    ] = False,
 ) -> None:
     """Export a checkpoint as a Hugging Face GPT-2 (transformers' AutoModelForCausalLM).
 
     `gpt2es export CHECKPOINT OUT_DIR` exports CHECKPOINT into OUT_DIR; `gpt2es export OUT_DIR` exports the newest run's checkpoint under runs/.
+    A LoRA run (train --lora-rank) exports as a peft adapter directory for its base's export; with --merge, as the whole model with the adapter merged in.
     """
-    from gpt2es_cli.artifacts import checkpoint_or_default, open_checkpoint
-    from gpt2es_cli.hf import export_hf
+    from gpt2es_cli.artifacts import checkpoint_or_default, checkpoint_path, open_checkpoint
+    from gpt2es_cli.checkpoint import load_checkpoint
+    from gpt2es_cli.errors import ConfigError
+    from gpt2es_cli.hf import export_hf, export_peft_adapter
     from gpt2es_cli.inference import check_export_dtype, export_dtype
     from gpt2es_cli.tokenizer import Tokenizer
 
@@ -77,11 +85,24 @@ def export(
     path, chosen = checkpoint_or_default(checkpoint, revision=settings.revision)
     if chosen is not None:
         note(f"using {chosen}")
-    ckpt = open_checkpoint(path)
+    resolved = checkpoint_path(path)
+    # A LoRA checkpoint as saved (its adapter alone) is all an adapter export needs: no base is opened.
+    ckpt = load_checkpoint(resolved) if resolved.is_file() else open_checkpoint(resolved)
+    if merge and ckpt.adapter is None:
+        raise ConfigError(f"--merge is for a LoRA run (trained with --lora-rank), and {path} holds a whole model: drop --merge")
+    if merge:
+        ckpt = open_checkpoint(resolved)  # the adapter merged onto its base
     dtype = export_dtype(settings, ckpt)
     tok = Tokenizer.from_path(tokenizer) if tokenizer is not None else None
-    written = export_hf(ckpt, out_dir, force=force, dtype=dtype, tokenizer=tok)
-    render(written, dtype, ckpt.model_config, json.loads((written / "config.json").read_text())["architectures"][0])
+    if ckpt.adapter is not None and not merge:
+        if tok is None and ckpt.tokenizer_json is not None:
+            tok = ckpt.tokenizer()
+        written = export_peft_adapter(ckpt.adapter, ckpt.model_state, out_dir, force=force, dtype=dtype,
+                                      tokenizer=tok, exported_from=str(path))
+        render_adapter(written, dtype, json.loads((written / "adapter_config.json").read_text()))
+    else:
+        written = export_hf(ckpt, out_dir, force=force, dtype=dtype, tokenizer=tok)
+        render(written, dtype, ckpt.model_config, json.loads((written / "config.json").read_text())["architectures"][0])
     if not (written / "tokenizer.json").is_file():
         warn(f"{path} carries no tokenizer, so none was exported: pass --tokenizer to add one")
     if push_to_hub is not None:
@@ -91,8 +112,8 @@ def export(
         console.print(f"uploaded to {escape(url)}")
 
 
-def render(out_dir: Path, dtype: str, config: ModelConfig, architecture: str) -> None:
-    """The files written, their sizes, and how to load the export."""
+def render_files(out_dir: Path, dtype: str) -> None:
+    """The files written and their sizes."""
     table = Table(title=f"Exported to {escape(str(out_dir))} ({dtype})", title_justify="left")
     table.add_column("file")
     table.add_column("size", justify="right")
@@ -103,6 +124,11 @@ def render(out_dir: Path, dtype: str, config: ModelConfig, architecture: str) ->
         table.add_row(escape(file.name), fmt.size(size))
     table.add_row("[bold]total[/]", f"[bold]{fmt.size(total)}[/]")
     console.print(table)
+
+
+def render(out_dir: Path, dtype: str, config: ModelConfig, architecture: str) -> None:
+    """The files written, their sizes, and how to load the export."""
+    render_files(out_dir, dtype)
     console.print(
         f"{architecture}: {config.n_layer} layers, width {config.n_embd}, {config.n_head} heads, "
         f"context {config.n_positions}, vocabulary {config.vocab_size}, {config.activation}"
@@ -113,6 +139,36 @@ def render(out_dir: Path, dtype: str, config: ModelConfig, architecture: str) ->
         escape(
             "    from transformers import AutoModelForCausalLM, AutoTokenizer\n"
             f"    model = AutoModelForCausalLM.from_pretrained({where})\n"
+            f"    tokenizer = AutoTokenizer.from_pretrained({where})"
+        ),
+        soft_wrap=True,
+    )
+
+
+def render_adapter(out_dir: Path, dtype: str, adapter_config: dict[str, Any]) -> None:
+    """The files written, their sizes, the adapter, and how to load it on its base."""
+    render_files(out_dir, dtype)
+    from gpt2es_cli.hf.peft_adapter import loads_directly
+
+    base = adapter_config["base_model_name_or_path"]
+    console.print(
+        escape(f"LoRA adapter: rank {adapter_config['r']}, alpha {adapter_config['lora_alpha']:g}, on "
+               f"{', '.join(adapter_config['target_modules'])}; its base: {base}"),
+        soft_wrap=True,
+    )
+    where = repr(str(out_dir))
+    if loads_directly(base):
+        console.print("Load it with transformers and peft on its base:")
+    else:
+        console.print(escape(f"Load it with transformers and peft on its base's export (gpt2es export {base} base-hf):"),
+                      soft_wrap=True)
+        base = "base-hf"
+    console.print(
+        escape(
+            "    from peft import PeftModel\n"
+            "    from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"    base = AutoModelForCausalLM.from_pretrained({base!r})\n"
+            f"    model = PeftModel.from_pretrained(base, {where})\n"
             f"    tokenizer = AutoTokenizer.from_pretrained({where})"
         ),
         soft_wrap=True,

@@ -308,6 +308,23 @@ def render_training(t: dict[str, Any]) -> None:
         console.print(table)
 
 
+def adapter_table(a: dict[str, Any], total: int) -> Table:
+    """A LoRA run's adapter: its shape, what trains, and the base it was merged onto."""
+    base = a["base"]
+    trainable = a["trainable_parameters"]
+    return key_value_table("Adapter", {
+        "type": f"{'LoRA' if a['type'] == 'lora' else a['type']} (merged onto its base when loaded)",
+        "rank": str(a["rank"]),
+        "alpha": f"{a['alpha']:g} (scale alpha / rank = {a['scaling']:g})",
+        "dropout": f"{a['dropout']:g}",
+        "targets": f"{', '.join(a['targets'])} ({a['layers']} layers)",
+        "trainable parameters": f"{trainable:,} ({fmt.count(trainable)}, {trainable / total:.2%} of the model)"
+        if total else f"{trainable:,}",
+        "base": base["source"] + (f" at revision {base['revision']}" if base.get("revision") else ""),
+        "base sha256": base["sha256"],
+    })
+
+
 def render_checkpoint(s: dict[str, Any]) -> None:
     run = s.get("run")
     if run is not None:
@@ -333,6 +350,9 @@ def render_checkpoint(s: dict[str, Any]) -> None:
         )
     )
     console.print()
+    if s.get("adapter"):
+        console.print(adapter_table(s["adapter"], s["parameters"]["total"]))
+        console.print()
     model = dict(s["model_config"])
     model["output head"] = "tied to the token embedding" if model.get("tie_word_embeddings", True) else "untied (its own matrix)"
     model["positions"] = {"learned": "learned (GPT-2's table)", "sinusoidal": "sinusoidal (fixed, not trained)",
@@ -365,6 +385,9 @@ def render_checkpoint(s: dict[str, Any]) -> None:
                     "vocab size": f"{tok['vocab_size']:,}",
                     "special tokens": ", ".join(tok["special_tokens"]),
                     "end of text id": str(tok["eos_id"]),
+                    "chat template": {"none": "none (a base model: sample continues text)",
+                                      "chatml": "ChatML (sample --chat)", "text-markers": "text markers (sample --chat)",
+                                      }.get(tok.get("chat_template", "none"), "custom (sample --chat)"),
                 },
             )
         )

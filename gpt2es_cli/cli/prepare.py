@@ -19,9 +19,16 @@ from rich.table import Table
 
 from gpt2es_cli.cli.app import command, console, err_console
 from gpt2es_cli.cli.options import settings_options
-from gpt2es_cli.cli.render_data import fertility_table, hygiene_table, mixture_table, splits_table
+from gpt2es_cli.cli.render_data import (
+    fertility_table,
+    hygiene_table,
+    instructions_table,
+    mixture_table,
+    splits_table,
+)
 from gpt2es_cli.config import PrepareConfig
 from gpt2es_cli.data.dataset_tokenizer import tokenizer_label
+from gpt2es_cli.data.instructions import prepare_instructions
 from gpt2es_cli.data.mixture import open_sources
 from gpt2es_cli.data.passes import PrepareProgress
 from gpt2es_cli.data.prepare import PrepareResult, prepare
@@ -109,12 +116,12 @@ def render_result(result: PrepareResult) -> None:
     info.add_row("tokenizing", f"{result.tokenize_seconds:,.1f} s, {speed:,.0f} tokens/s, {rate:,.2f} MB/s")
     info.add_row("worker processes", str(result.num_proc))
     console.print(info)
-    for table in (mixture_table(meta), hygiene_table(meta), fertility_table(meta)):
+    for table in (mixture_table(meta), instructions_table(meta), hygiene_table(meta), fertility_table(meta)):
         if table is not None:
             console.print(table)
 
 
-@command("prepare", epilog='Examples:\n\n  gpt2es prepare\n\n  gpt2es prepare --dataset oscar --max-bytes 2GB\n\n  gpt2es prepare -d libros/ --txt-mode file -o data/libros')
+@command("prepare", epilog='Examples:\n\n  gpt2es prepare\n\n  gpt2es prepare --dataset oscar --max-bytes 2GB\n\n  gpt2es prepare -d libros/ --txt-mode file -o data/libros\n\n  gpt2es prepare --format instructions -d alpaca_es.jsonl --tokenizer runs/demo')
 @settings_options(PrepareConfig)
 def prepare_command(given: dict[str, Any]) -> None:
     """Clean, deduplicate, split and tokenize a corpus into train.bin, val.bin, tokenizer.json, meta.json.
@@ -128,9 +135,18 @@ def prepare_command(given: dict[str, Any]) -> None:
     HF_TOKEN) first. Any Hub dataset owner/name, with --subset, --split, --text-column. Or local:
     a .txt, .jsonl, .json, .csv or .parquet file (.gz/.zst too), a quoted glob, a directory
     (searched recursively), or a dataset saved with save_to_disk.
+
+    Instruction tuning (--format instructions): .jsonl/.json files of examples, each
+    {"instruction", "input", "output"} (input optional) or {"messages": [{"role": "system"|"user"|"assistant",
+    "content"}, ...]}, a Hub dataset with those fields, or 'demo' (questions about the demo tales).
+    Only the answers are learned; pass the model's tokenizer (--tokenizer CHECKPOINT or Hub id) to fine-tune it.
     """
     options = PrepareConfig.from_dict(given)  # bad settings first, all at once, before looking at the source
-    source = open_sources(options)
-    with ProgressView() as view:
-        result = prepare(source, options, view)
+    if options.format == "instructions":
+        with ProgressView() as view:
+            result = prepare_instructions(options, view)
+    else:
+        source = open_sources(options)
+        with ProgressView() as view:
+            result = prepare(source, options, view)
     render_result(result)

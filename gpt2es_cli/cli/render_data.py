@@ -31,6 +31,24 @@ HYGIENE_LABELS = {
 }
 
 
+INSTRUCTION_LABELS = {
+    "read": "records read",
+    "alpaca": "  instruction / input / output",
+    "messages": "  messages",
+    "not_an_object": "not a JSON object (skipped)",
+    "missing_field": "missing or non-text field (skipped)",
+    "bad_messages": "malformed messages (skipped)",
+    "empty_answer": "empty answer (skipped)",
+    "too_long": "longer than --context (skipped)",
+    "duplicates": "exact duplicates dropped",
+    "kept": "examples kept",
+}
+TEMPLATE_LABELS = {
+    "chatml": "ChatML, <|im_end|> ends answers",
+    "text-markers": "### Usuario: / ### Asistente:, <|endoftext|> ends answers",
+}
+
+
 def splits_table(meta: dict[str, Any]) -> Table:
     """Documents, bytes and tokens per split."""
     table = Table(title="Splits", title_justify="left")
@@ -58,6 +76,23 @@ def hygiene_table(meta: dict[str, Any]) -> Table | None:
     table.add_column("count", justify="right")
     for key, value in hygiene.items():
         table.add_row(HYGIENE_LABELS.get(key, key), f"{value:,}")
+    return table
+
+
+def instructions_table(meta: dict[str, Any]) -> Table | None:
+    """What `prepare --format instructions` read, kept and skipped, by kind, and the chat template."""
+    info = meta.get("instructions")
+    if not info:
+        return None
+    table = Table(title="Instruction examples", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key, value in (info.get("examples") or {}).items():
+        if value or key in ("read", "kept"):
+            table.add_row(escape(INSTRUCTION_LABELS.get(key, key)), f"{value:,}")
+    table.add_section()
+    table.add_row("answers (the scored tokens)", f"{info.get('scored_fraction', 0):.1%}")
+    table.add_row("chat template", escape(TEMPLATE_LABELS.get(info.get("template"), str(info.get("template")))))
     return table
 
 
@@ -134,6 +169,10 @@ def dataset_table(summary: DatasetSummary) -> Table:
     }
     if tok.get("origin") == "trained":
         items["tokenizer trained on"] = f"{tok['trained_on_documents']:,} documents, {fmt.megabytes(tok['trained_on_bytes'])} MB"
+    if meta.get("loss_mask"):
+        scored = sum(s.get("scored_tokens", 0) for s in meta["splits"].values())
+        total = sum(s["tokens"] for s in meta["splits"].values()) or 1
+        items["loss mask"] = f"answers only: {scored:,} of {total:,} tokens scored ({scored / total:.1%})"
     if summary.bad_checksums is not None:
         items["checksums"] = "ok" if not summary.bad_checksums else "MISMATCH: " + ", ".join(summary.bad_checksums)
     return _pairs("Dataset", items)
@@ -179,7 +218,8 @@ def render_dataset_summary(summary: DatasetSummary, console: Console) -> None:
     """Print everything `gpt2es inspect DATA_DIR` shows."""
     meta = summary.meta
     parts: list[Any] = [dataset_table(summary), splits_table(meta), lengths_table(summary)]
-    parts += [t for t in (mixture_table(meta), fertility_table(meta), hygiene_table(meta)) if t is not None]
+    parts += [t for t in (mixture_table(meta), instructions_table(meta), fertility_table(meta), hygiene_table(meta))
+              if t is not None]
     if meta.get("source"):
         parts.append(_pairs("Source", meta["source"]))
     if meta.get("arguments"):

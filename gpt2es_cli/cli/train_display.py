@@ -88,6 +88,14 @@ def _batch_choice_line(s: TrainStart) -> str:
     return f"batch size auto: {b.batch_size} per pass, {why} ({how})"
 
 
+def _lora_line(s: TrainStart) -> str:
+    """'LoRA rank 16 (alpha 32) on c_attn, c_proj, c_fc: 2.36M trainable parameters (0.66%), the base frozen in bfloat16; AdamW'."""
+    a, trainable = s.adapter, s.trainable_parameters or 0
+    share = f" ({trainable / s.num_parameters:.2%})" if s.num_parameters else ""
+    return (f"LoRA rank {a.rank} (alpha {a.alpha:g}) on {', '.join(a.targets)}: {fmt.count(trainable)} trainable "
+            f"parameters{share}, the base frozen in {s.base_dtype}; adapters train with AdamW")
+
+
 def _size_choice_line(s: TrainStart) -> str:
     """What --preset auto chose: 'preset auto: 4x256 (3.1M block parameters, lr 1.8e-3): ...'."""
     z, c = s.size_choice, s.config
@@ -211,6 +219,7 @@ class TrainDisplay:
             f"{accumulation})\n"
             f"{_steps_words(s)} | lr {c.peak_lr:g} {c.schedule}, warmup "
             + (f"{s.warmup_steps}" if s.warmup_steps is not None else "5% of the steps")
+            + (f"\n{_lora_line(s)}" if s.adapter is not None else "")
             + (f"\n{_size_choice_line(s)}" if s.size_choice is not None else "")
             + (f"\n{_batch_choice_line(s)}" if s.batch_choice is not None else "")
         )

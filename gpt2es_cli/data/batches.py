@@ -7,6 +7,11 @@ grid of windows is shifted by a seeded offset so the model sees other boundaries
 The shuffle is a keyed Feistel permutation computed index by index, so the sampler holds no
 array that grows with the dataset: memory stays constant from a 1 MB to a 1 TB train.bin, and
 its whole state is two integers (epoch, position), which makes resuming exact.
+
+A dataset with a loss mask (instruction tuning) is packed the same way: a window holds several
+examples, each starting with <|endoftext|> as documents do, and wherever the windows cut, each
+target keeps its own mask value; a target that is not scored is set to `IGNORE_INDEX`, which the
+loss skips, so only the answers are learned and counted.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpt2es_cli.data.dataset import PreparedDataset
+from gpt2es_cli.data.dataset import MASK_DTYPE, PreparedDataset
 from gpt2es_cli.errors import DataError
+from gpt2es_cli.loss import IGNORE_INDEX
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -146,32 +152,49 @@ class TokenWindows:
     Each window is one positional read into a buffer, so the file is never loaded and memory
     stays flat however large it is. (A memory map would do the reading too, but the pages it
     touches stay mapped and count towards the process's RSS: with large readahead, each random
-    window maps megabytes, and a long run ends up with much of the file in its RSS.)
+    window maps megabytes, and a long run ends up with much of the file in its RSS.) With a loss
+    mask (`mask_path`), the same window of the mask is read beside it and the targets it does not
+    score become IGNORE_INDEX.
     """
 
-    def __init__(self, path: str | Path, dtype: np.dtype | str, seq_len: int):
+    def __init__(self, path: str | Path, dtype: np.dtype | str, seq_len: int, mask_path: str | Path | None = None):
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
         self.seq_len = seq_len
         self.num_tokens = self.path.stat().st_size // self.dtype.itemsize
         self._file = open(self.path, "rb", buffering=0)  # closed by close()
+        self.mask_path = None if mask_path is None else Path(mask_path)
+        self._mask = None if self.mask_path is None else open(self.mask_path, "rb", buffering=0)
 
     @classmethod
     def open(cls, dataset: PreparedDataset, split: str, seq_len: int) -> TokenWindows:
-        return cls(dataset.path / f"{split}.bin", dataset.dtype, seq_len)
+        return cls(dataset.path / f"{split}.bin", dataset.dtype, seq_len, dataset.mask_path(split))
 
-    def batch(self, starts: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets (B, seq_len) as int64 on `device`."""
+    @property
+    def masked(self) -> bool:
+        """Whether some targets are not scored (IGNORE_INDEX in `batch`'s targets)."""
+        return self._mask is not None
+
+    def _read(self, file, path: Path, dtype: np.dtype, starts: np.ndarray) -> np.ndarray:
         n = self.seq_len + 1
-        rows = np.empty((len(starts), n), dtype=self.dtype)
+        rows = np.empty((len(starts), n), dtype=dtype)
         for i, start in enumerate(starts):
             if start < 0 or start + n > self.num_tokens:
-                raise DataError(f"window at token {start} runs past the end of {self.path}")
-            self._file.seek(int(start) * self.dtype.itemsize)
-            if self._file.readinto(memoryview(rows[i]).cast("B")) != n * self.dtype.itemsize:
-                raise DataError(f"{self.path} was truncated while training: prepare the dataset again")
+                raise DataError(f"window at token {start} runs past the end of {path}")
+            file.seek(int(start) * dtype.itemsize)
+            if file.readinto(memoryview(rows[i]).cast("B")) != n * dtype.itemsize:
+                raise DataError(f"{path} was truncated while training: prepare the dataset again")
+        return rows
+
+    def batch(self, starts: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets (B, seq_len) as int64 on `device`; targets not scored are IGNORE_INDEX."""
+        rows = self._read(self._file, self.path, self.dtype, starts)
         data = torch.from_numpy(rows.astype(np.int64))
         x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()  # (B, T) each, targets shifted by one
+        if self._mask is not None:
+            assert self.mask_path is not None
+            scored = self._read(self._mask, self.mask_path, MASK_DTYPE, starts)[:, 1:]  # (B, T): each target's flag
+            y = y.masked_fill(torch.from_numpy(scored == 0), IGNORE_INDEX)  # out of place: y may be a view of x's rows
         device = torch.device(device)
         if device.type == "cuda":
             return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
@@ -179,3 +202,5 @@ class TokenWindows:
 
     def close(self) -> None:
         self._file.close()
+        if self._mask is not None:
+            self._mask.close()

@@ -4,10 +4,17 @@ A prepared dataset is a directory:
 
     train.bin, val.bin   flat token ids, little-endian uint16 (vocab <= 65536) or uint32,
                          an <|endoftext|> after each document
-    tokenizer.json       the tokenizer that made the ids (tokenizers library JSON)
+    tokenizer.json       the tokenizer that made the ids (tokenizers library JSON), and
+                         chat_template.jinja beside it when the tokenizer has a chat template
     meta.json            format, format_version, gpt2es_version, created, dtype, vocab_size,
                          eos_id, splits{train,val: documents, bytes, tokens, sha256},
                          plus whatever the writer adds (source, args, hygiene counts, ...)
+
+An instruction dataset (prepare --format instructions, format_version 2) also has a loss mask:
+
+    train.mask.bin, val.mask.bin   one uint8 per token: 1 when the token is scored as a target
+                                   (an answer's), 0 when it is only read (prompts, markers)
+    meta.json                      loss_mask {dtype, scores}, and per split scored_tokens, mask_sha256
 
 It is written by `DatasetWriter` into a temporary sibling directory and renamed into place at
 the end, so an interrupted run leaves no half-written dataset behind.
@@ -32,7 +39,10 @@ from gpt2es_cli.fileio import read_json_object, replace_dir, temp_dir_for
 from gpt2es_cli.tokenizer import Tokenizer
 
 FORMAT = "gpt2es-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest layout this reads: 1, token files only; 2, with a loss mask (written only for a masked dataset,
+so a dataset without one still opens in versions that read 1)."""
+MASK_DTYPE = np.dtype("uint8")
 SAMPLE_TOKENS = 1 << 18
 """Tokens read from each of three places of a split when a dataset is opened, to check its ids."""
 SPLITS = ("train", "val")
@@ -44,21 +54,49 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 class _SplitFile:
-    def __init__(self, path: Path, dtype: np.dtype):
+    def __init__(self, path: Path, dtype: np.dtype, masked: bool = False):
         self.file = open(path, "wb")
+        self.mask_file = open(path.with_suffix(".mask.bin"), "wb") if masked else None
         self.dtype = dtype
         self.sha256 = hashlib.sha256()
+        self.mask_sha256 = hashlib.sha256()
         self.documents = 0
         self.tokens = 0
         self.bytes = 0
+        self.scored = 0
+        self.last_id: int | None = None
+        """The last token id written (None before any)."""
 
-    def write(self, ids: np.ndarray, documents: int, nbytes: int) -> None:
+    def write(self, ids: np.ndarray, documents: int, nbytes: int, mask: np.ndarray | None = None) -> None:
         data = np.ascontiguousarray(ids, dtype=self.dtype).tobytes()
         self.file.write(data)
         self.sha256.update(data)
+        if self.mask_file is not None:
+            if mask is None or len(mask) != len(ids):
+                raise ValueError("a masked dataset needs one mask value per token written")
+            flags = np.ascontiguousarray(mask, dtype=MASK_DTYPE)
+            self.mask_file.write(flags.tobytes())
+            self.mask_sha256.update(flags.tobytes())
+            self.scored += int(flags.astype(bool).sum())
         self.documents += documents
         self.tokens += len(ids)
         self.bytes += nbytes
+        if len(ids):
+            self.last_id = int(ids[-1])
+
+    def close(self) -> None:
+        for f in (self.file, self.mask_file):
+            if f is not None and not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+
+    def stats(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"documents": self.documents, "bytes": self.bytes, "tokens": self.tokens,
+                                 "sha256": self.sha256.hexdigest()}
+        if self.mask_file is not None:
+            found |= {"scored_tokens": self.scored, "mask_sha256": self.mask_sha256.hexdigest()}
+        return found
 
 
 def check_output_dir(out_dir: Path, force: bool) -> None:
@@ -76,42 +114,42 @@ class DatasetWriter:
     on any exception the temp directory is removed and `out_dir` is left as it was.
     """
 
-    def __init__(self, out_dir: str | Path, tokenizer: Tokenizer, force: bool = False):
+    def __init__(self, out_dir: str | Path, tokenizer: Tokenizer, force: bool = False, masked: bool = False):
         self.out_dir = Path(out_dir)
         check_output_dir(self.out_dir, force)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self.tokenizer = tokenizer
         self.dtype = token_dtype(tokenizer.vocab_size)
         self.force = force
+        self.masked = masked
+        """With a loss mask: every write gives one mask value per token (see the module docstring)."""
         self.tmp = temp_dir_for(self.out_dir)  # a killed prepare's temp directory goes first
-        self.splits = {s: _SplitFile(self.tmp / f"{s}.bin", self.dtype) for s in SPLITS}
+        self.splits = {s: _SplitFile(self.tmp / f"{s}.bin", self.dtype, masked) for s in SPLITS}
         self.done = False
 
-    def write(self, split: str, ids: np.ndarray | list[int], documents: int = 1, nbytes: int = 0) -> None:
-        """Append ids (already ending in <|endoftext|> per document) to a split."""
-        self.splits[split].write(np.asarray(ids), documents, nbytes)
+    def write(self, split: str, ids: np.ndarray | list[int], documents: int = 1, nbytes: int = 0,
+              mask: np.ndarray | None = None) -> None:
+        """Append ids (already ending in <|endoftext|> per document) to a split; with a loss mask,
+        `mask` holds one value per id (1: scored)."""
+        self.splits[split].write(np.asarray(ids), documents, nbytes, mask)
 
     def split_stats(self) -> dict[str, dict[str, Any]]:
-        return {
-            s: {"documents": f.documents, "bytes": f.bytes, "tokens": f.tokens, "sha256": f.sha256.hexdigest()}
-            for s, f in self.splits.items()
-        }
+        return {s: f.stats() for s, f in self.splits.items()}
 
     def finish(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write tokenizer.json and meta.json, then move the dataset into place. Returns meta."""
         for f in self.splits.values():
-            f.file.flush()
-            os.fsync(f.file.fileno())
-            f.file.close()
+            f.close()
         full = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": 2 if self.masked else 1,
             "gpt2es_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "dtype": self.dtype.name,
             "vocab_size": self.tokenizer.vocab_size,
             "eos_id": self.tokenizer.eos_id,
             "splits": self.split_stats(),
+            **({"loss_mask": {"dtype": MASK_DTYPE.name, "scores": "answers"}} if self.masked else {}),
             **(meta or {}),
         }
         self.tokenizer.save(self.tmp / "tokenizer.json")
@@ -122,8 +160,9 @@ class DatasetWriter:
 
     def abort(self) -> None:
         for f in self.splits.values():
-            if not f.file.closed:
-                f.file.close()
+            for file in (f.file, f.mask_file):
+                if file is not None and not file.closed:
+                    file.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> DatasetWriter:
@@ -171,6 +210,13 @@ class PreparedDataset:
             expected = meta["splits"][split]["tokens"] * np.dtype(meta["dtype"]).itemsize
             if f.stat().st_size != expected:
                 problems.append(f"{split}.bin has {f.stat().st_size} bytes, meta.json says {expected}")
+            mask = path / f"{split}.mask.bin"
+            if "loss_mask" not in meta:
+                continue
+            if not mask.is_file():
+                problems.append(f"{mask.name} is missing")
+            elif mask.stat().st_size != meta["splits"][split]["tokens"] * MASK_DTYPE.itemsize:
+                problems.append(f"{mask.name} has {mask.stat().st_size} bytes for {meta['splits'][split]['tokens']} tokens")
         if not (path / "tokenizer.json").is_file():
             problems.append("tokenizer.json is missing")
         if problems:
@@ -212,19 +258,46 @@ class PreparedDataset:
             return np.zeros(0, dtype=self.dtype)
         return np.memmap(self.path / f"{split}.bin", dtype=self.dtype, mode="r")
 
+    @property
+    def masked(self) -> bool:
+        """Whether only some tokens are scored (an instruction dataset: its answers)."""
+        return "loss_mask" in self.meta
+
+    def mask_path(self, split: str) -> Path | None:
+        """The split's loss mask file (one uint8 per token, 1: scored), or None when every token is scored."""
+        return self.path / f"{split}.mask.bin" if self.masked else None
+
+    def mask(self, split: str) -> np.ndarray | None:
+        """The split's loss mask as a read-only memory map (None when every token is scored)."""
+        if not self.masked:
+            return None
+        if self.num_tokens(split) == 0:
+            return np.zeros(0, dtype=MASK_DTYPE)
+        return np.memmap(self.path / f"{split}.mask.bin", dtype=MASK_DTYPE, mode="r")
+
+    def scored_tokens(self, split: str) -> int:
+        """Tokens of the split scored as targets (all of them without a loss mask)."""
+        entry = self.meta["splits"][split]
+        return int(entry["scored_tokens"]) if self.masked else int(entry["tokens"])
+
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.from_path(self.path / "tokenizer.json")
 
     def verify(self) -> list[str]:
-        """Recompute checksums; return the splits whose sha256 differs from meta.json."""
+        """Recompute checksums; return the splits whose sha256 differs from meta.json ('train.mask'
+        and 'val.mask' for loss masks)."""
+        files = [(split, f"{split}.bin", "sha256") for split in SPLITS]
+        if self.masked:
+            files += [(f"{split}.mask", f"{split}.mask.bin", "mask_sha256") for split in SPLITS]
         bad = []
-        for split in SPLITS:
+        for name, file, key in files:
             h = hashlib.sha256()
-            with open(self.path / f"{split}.bin", "rb") as f:
+            with open(self.path / file, "rb") as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
-            if h.hexdigest() != self.meta["splits"][split]["sha256"]:
-                bad.append(split)
+            split = name.split(".")[0]
+            if h.hexdigest() != self.meta["splits"][split].get(key):
+                bad.append(name)
         return bad
 
 
@@ -252,4 +325,7 @@ def _meta_problems(meta: dict) -> list[str]:
             problems.append(f"splits.{split}.tokens {tokens!r} is not a whole number >= 0")
         if not isinstance(entry.get("sha256"), str):
             problems.append(f"splits.{split}.sha256 is missing")
+        scored = entry.get("scored_tokens")
+        if "loss_mask" in meta and (not isinstance(scored, int) or isinstance(scored, bool) or scored < 0):
+            problems.append(f"splits.{split}.scored_tokens {scored!r} is not a whole number >= 0")
     return problems

@@ -29,12 +29,12 @@ from gpt2es_cli.data.sources import Source
 from gpt2es_cli.errors import TokenizerError
 from gpt2es_cli.tokenizer import GPT2_HUB_ID, Tokenizer
 
-__all__ = ["cached_gpt2", "choose_tokenizer", "tokenizer_label"]
+__all__ = ["cached_gpt2", "choose_tokenizer", "load_tokenizer", "tokenizer_label"]
 
 
 def choose_tokenizer(source: Source, options: PrepareConfig, report: ProgressCallback) -> tuple[Tokenizer, dict]:
     """The tokenizer --tokenizer names, or one trained on `source` for --tokenizer train."""
-    tokenizer, info = _load_tokenizer(options.tokenizer, options.tokenizer_revision)
+    tokenizer, info = load_tokenizer(options.tokenizer, options.tokenizer_revision)
     if tokenizer is None:
         # The trainer stops early when no pair occurs twice any more: vocab_size may be smaller.
         tokenizer, info = _train_tokenizer(source, options, report)
@@ -61,7 +61,7 @@ def cached_gpt2() -> Tokenizer | None:
         return None
 
 
-def _load_tokenizer(choice: str, revision: str | None = None) -> tuple[Tokenizer | None, dict[str, Any]]:
+def load_tokenizer(choice: str, revision: str | None = None) -> tuple[Tokenizer | None, dict[str, Any]]:
     """GPT-2's or a file's tokenizer; (None, {}) when one is to be trained. `revision`: of a Hub id."""
     if revision is not None:
         from gpt2es_cli.hub import with_revision

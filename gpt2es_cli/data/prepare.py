@@ -38,7 +38,7 @@ from gpt2es_cli.data.fertility import FERTILITY_SAMPLE_TOKENS, measure_fertility
 from gpt2es_cli.data.mixture import MixtureSource
 from gpt2es_cli.data.passes import ProgressCallback, SourceReader, batches, check_documents, clean_batch
 from gpt2es_cli.data.sources import Source
-from gpt2es_cli.errors import TokenizerError
+from gpt2es_cli.errors import ConfigError, TokenizerError
 from gpt2es_cli.tokenizer import Tokenizer
 
 __all__ = ["PrepareResult", "prepare"]
@@ -64,8 +64,12 @@ def prepare(source: Source, options: PrepareConfig, on_progress: ProgressCallbac
     """Turn a source into a prepared dataset at `options.output_dir`; see the module docstring.
 
     `source` is what `options.dataset` names (data.sources.resolve_source); the other source
-    fields of `options` (subset, split, ...) were used to resolve it."""
+    fields of `options` (subset, split, ...) were used to resolve it. For --format instructions,
+    call data.instructions.prepare_instructions(options)."""
     options.validate()
+    if options.format != "text":
+        raise ConfigError(f"prepare() writes text datasets: for --format {options.format}, "
+                          "call gpt2es_cli.data.instructions.prepare_instructions(options)")
     out = options.output_dir
     check_output_dir(out, options.force)  # before any long work; DatasetWriter checks again
     started = time.perf_counter()

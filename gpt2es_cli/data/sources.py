@@ -259,11 +259,9 @@ class HubSource(Source):
         what = self.data_files or self.path
         return what + (f" ({self.config})" if self.config else "")
 
-    def documents(self) -> Iterator[str]:
-        self.counts = HygieneCounts()
-        self.position = 0
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """The split's rows as dicts, streamed (the Hub's errors as one-line DataErrors)."""
         rows = iter(self._open())
-        column = None
         while True:
             try:
                 row = next(rows)
@@ -271,6 +269,13 @@ class HubSource(Source):
                 return
             except Exception as e:
                 raise self._error(e) from None
+            yield row
+
+    def documents(self) -> Iterator[str]:
+        self.counts = HygieneCounts()
+        self.position = 0
+        column = None
+        for row in self.rows():
             if column is None:
                 column = pick_text_column(self.text_column, list(row), f"{self.name} ({self.split})")
             text = row.get(column)

@@ -96,6 +96,8 @@ def document_lengths(tokens: np.ndarray, eos_id: int, rng: np.random.Generator) 
     previous = -1  # the eos before the current chunk, when scanning whole
     for start, end in chunks:
         pos = np.flatnonzero(np.asarray(tokens[start:end]) == eos_id) + start
+        if start == 0 and len(pos) and pos[0] == 0 and not sampled:
+            previous, pos = 0, pos[1:]  # an instruction dataset's split opens with <|endoftext|>: it ends no document
         if sampled:  # only documents that start and end inside the chunk
             found.append(np.diff(pos) - 1)
         else:

@@ -1,8 +1,9 @@
 """What every Hugging Face architecture gpt2es reads and writes provides: the adapter interface.
 
 An adapter translates between our GPT2 (its ModelConfig and state_dict) and one transformers
-architecture (its config.json and weight names). export.py and load.py use adapters only
-through this interface; registry.py picks one for a ModelConfig or a config.json.
+architecture (its config.json and weight names, and where each Linear layer is, for LoRA
+adapters). export.py, load.py and peft_adapter.py use adapters only through this interface;
+registry.py picks one for a ModelConfig or a config.json.
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ class StateDictAdapter(ABC):
     loads: str = ""
     """Which of its models gpt2es loads, in words, when not every one it can express is meant
     ('configured as its rope models'); shown after the model_type in the error for an unknown one."""
+
+    fan_in_fan_out: bool = False
+    """Whether the architecture stores each projection's weight as (in, out), as transformers' Conv1D
+    does, where our nn.Linear stores (out, in): peft's `fan_in_fan_out` for LoRA on its layers."""
+
+    @abstractmethod
+    def linear_modules(self, config: ModelConfig) -> dict[str, str]:
+        """Each Linear layer of our GPT2 (its module path, 'h.0.attn.c_attn') -> the path of the same
+        layer in the architecture's model ('transformer.h.0.attn.c_attn'): where a LoRA adapter of it goes."""
+
+    def output_rows_to_hf(self, module: str, t: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+        """A tensor whose rows are our Linear `module`'s outputs, in our order (its weight, its bias,
+        a LoRA B) -> in the order of the architecture's layer. The same order unless overridden."""
+        return t
 
     @abstractmethod
     def supports(self, config: ModelConfig) -> bool:

@@ -16,15 +16,18 @@ from typing import Any
 import torch
 
 from gpt2es_cli import __version__
+from gpt2es_cli.chat import end_of_turn_id
 from gpt2es_cli.checkpoint import Checkpoint, clean_state_dict
 from gpt2es_cli.device import dtype_name, parse_dtype
 from gpt2es_cli.errors import CheckpointError
 from gpt2es_cli.fileio import replace_dir, temp_dir_for
 from gpt2es_cli.hf.registry import adapter_for_config
-from gpt2es_cli.tokenizer import EOS_TOKEN, Tokenizer
+from gpt2es_cli.tokenizer import CHAT_TEMPLATE_KEY, EOS_TOKEN, Tokenizer
 
 MODEL_CARD = "model_card.md"
 """The README.md template (string.Template), package data beside this module."""
+EXPORT_MARKERS = ("config.json", "adapter_config.json")
+"""A file only an export (a model's, or a peft adapter's) holds: --force replaces a directory with one."""
 
 
 def export_hf(
@@ -68,7 +71,7 @@ def export_hf(
     try:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", config_json)
-        _write_json(tmp / "generation_config.json", _generation_config(eos_id))
+        _write_json(tmp / "generation_config.json", _generation_config(eos_id, tokenizer))
         if tokenizer is not None:
             _write_tokenizer(tmp, tokenizer, config.n_positions)
         num_params = sum(t.numel() for t in tensors.values())
@@ -88,10 +91,10 @@ def _check_target(out_dir: Path, force: bool) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not force:
             raise CheckpointError(f"{out_dir} already exists and is not empty: pass --force to replace it")
-        if not (out_dir / "config.json").is_file():  # --force must not wipe an unrelated directory
+        if not any((out_dir / name).is_file() for name in EXPORT_MARKERS):  # --force must not wipe an unrelated directory
             raise CheckpointError(
-                f"{out_dir} is not empty and holds no model (no config.json): refusing to replace it "
-                "even with --force; choose another directory"
+                f"{out_dir} is not empty and holds no model (no config.json) or adapter (no adapter_config.json): "
+                "refusing to replace it even with --force; choose another directory"
             )
 
 
@@ -99,11 +102,13 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _generation_config(eos_id: int | None) -> dict[str, Any]:
+def _generation_config(eos_id: int | None, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
     # pad = eos, as our tokenizers have no padding token: generate() then does not warn and pads with it.
+    # A chat model's generate() also stops at the end of a turn (ChatML's <|im_end|>).
+    end_of_turn = end_of_turn_id(tokenizer) if tokenizer is not None else eos_id
     return {
         "bos_token_id": eos_id,
-        "eos_token_id": eos_id,
+        "eos_token_id": eos_id if end_of_turn == eos_id else [eos_id, end_of_turn],
         "pad_token_id": eos_id,
         "transformers_version": _transformers_version(),
     }
@@ -113,9 +118,10 @@ def _write_tokenizer(directory: Path, tokenizer: Tokenizer, n_positions: int) ->
     """tokenizer.json as is, plus the two small files transformers reads beside it.
 
     tokenizer_class PreTrainedTokenizerFast (TokenizersBackend in transformers 5) loads
-    tokenizer.json verbatim; GPT2Tokenizer would rebuild the pipeline from vocab and merges.
+    tokenizer.json verbatim; GPT2Tokenizer would rebuild the pipeline from vocab and merges. A chat
+    template goes into tokenizer_config.json, where apply_chat_template finds it.
     """
-    (directory / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+    (directory / "tokenizer.json").write_text(tokenizer.backend.to_str(), encoding="utf-8")  # the library's format
     special = {"bos_token": EOS_TOKEN, "eos_token": EOS_TOKEN, "unk_token": EOS_TOKEN}
     _write_json(
         directory / "tokenizer_config.json",
@@ -127,6 +133,7 @@ def _write_tokenizer(directory: Path, tokenizer: Tokenizer, n_positions: int) ->
             "add_prefix_space": False,
             "clean_up_tokenization_spaces": False,  # decode must give back the text exactly
             "model_max_length": n_positions,
+            **({CHAT_TEMPLATE_KEY: tokenizer.chat_template} if tokenizer.chat_template is not None else {}),
         },
     )
     _write_json(directory / "special_tokens_map.json", special)
@@ -149,6 +156,9 @@ def _model_card(
         for k, v in section.items()
         if isinstance(v, (str, int, float, bool))
     }
+    if checkpoint.adapter is not None:  # a LoRA run, merged onto its base
+        a = checkpoint.adapter
+        notes["merged LoRA adapter"] = f"rank {a.rank}, alpha {a.alpha:g}, on the base {a.base.source}"
     tok = (
         f"Byte-level BPE, {tokenizer.vocab_size} ids, `{EOS_TOKEN}` (id {tokenizer.eos_id}) as "
         "bos/eos/unk."

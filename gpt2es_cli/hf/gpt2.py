@@ -104,6 +104,15 @@ class GPT2Adapter(StateDictAdapter):
     model_type = "gpt2"
     architecture = "GPT2LMHeadModel"
     label = "GPT-2"
+    fan_in_fan_out = True  # Conv1D
+
+    def linear_modules(self, config: ModelConfig) -> dict[str, str]:
+        """The four projections of every block, transposed in the weight map (Conv1D), keep their names."""
+        return {
+            ours.removesuffix(".weight"): hf.removesuffix(".weight")
+            for ours, hf, transposed in key_map(config.n_layer)
+            if transposed
+        }
 
     def supports(self, config: ModelConfig) -> bool:
         return config.position in ("learned", "sinusoidal")  # rotary positions have no GPT-2 equivalent

@@ -70,6 +70,17 @@ class GPTNeoXAdapter(StateDictAdapter):
     label = "GPT-NeoX"
     loads = "configured as its rope models"
 
+    def linear_modules(self, config: ModelConfig) -> dict[str, str]:
+        return {
+            ours.removesuffix(".weight"): theirs.removesuffix(".weight")
+            for ours, theirs in keys(config.n_layer)
+            if ours.startswith("h.") and ours.endswith(".weight") and ".ln_" not in ours
+        }
+
+    def output_rows_to_hf(self, module: str, t: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+        """The fused q, k, v projection's rows go per head; every other layer keeps its order."""
+        return _per_head(t, config.n_head) if module.endswith("attn.c_attn") else t
+
     def supports(self, config: ModelConfig) -> bool:
         return config.position == "rope"
 
@@ -138,8 +149,8 @@ class GPTNeoXAdapter(StateDictAdapter):
         out = {}
         for ours, theirs in keys(config.n_layer):
             t = state[ours].detach().to("cpu")
-            if ours.endswith("attn.c_attn.weight") or ours.endswith("attn.c_attn.bias"):
-                t = _per_head(t, config.n_head)
+            if ours.startswith("h."):
+                t = self.output_rows_to_hf(ours.rsplit(".", 1)[0], t, config)
             out[theirs] = t.to(dtype or t.dtype).contiguous()
         if not config.tie_word_embeddings:
             out[HEAD_KEY] = state[HEAD_KEY].detach().to("cpu").to(dtype or torch.float32).contiguous()

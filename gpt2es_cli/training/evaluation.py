@@ -16,6 +16,7 @@ from gpt2es_cli.data.batches import TokenWindows, fixed_windows
 from gpt2es_cli.data.dataset import PreparedDataset
 from gpt2es_cli.device import Precision
 from gpt2es_cli.generate import GenerationConfig, generate
+from gpt2es_cli.loss import scored_count
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import Tokenizer
 from gpt2es_cli.training.parallel import Parallel
@@ -43,7 +44,8 @@ class Evaluator:
 
     @torch.no_grad()
     def loss(self, starts: np.ndarray) -> float:
-        """Mean next-token loss over the windows at `starts`, over every process."""
+        """Mean next-token loss over the windows at `starts`, over every process (over the targets
+        scored, with a loss mask: the answers)."""
         c, parallel, device = self.config, self.parallel, self.precision.device
         batches = [starts[i : i + c.batch_size] for i in range(0, len(starts), c.batch_size)]
         total = torch.zeros(2, device=device, dtype=torch.float64)  # summed loss, tokens
@@ -51,7 +53,7 @@ class Evaluator:
             x, y = self.windows.batch(batch, device)
             with self.precision.autocast():
                 total[0] += parallel.eval_loss(x, y)
-            total[1] += y.numel()
+            total[1] += scored_count(y)  # every target, or a loss mask's scored ones
         total = parallel.all_reduce_sum(total)
         return float(total[0] / total[1])
 

@@ -32,6 +32,7 @@ from gpt2es_cli.settings import Named
 from gpt2es_cli.training.budget import Budget
 
 if TYPE_CHECKING:
+    from gpt2es_cli.checkpoint import AdapterRecord
     from gpt2es_cli.training.memory import BatchChoice
     from gpt2es_cli.training.sizing import SizeChoice
 
@@ -124,6 +125,12 @@ class TrainStart(Event):
     """What --batch-size auto chose and why (None: the batch size was given)."""
     size_choice: SizeChoice | None = None
     """What --preset auto chose and why (None: the model was given)."""
+    adapter: AdapterRecord | None = None
+    """With --lora-rank: the LoRA adapter trained on the frozen --init-from model (which trains with AdamW)."""
+    trainable_parameters: int | None = None
+    """The parameters that train (all of them, but for LoRA: the adapters')."""
+    base_dtype: str | None = None
+    """With --lora-rank: the dtype the frozen weight matrices are held in."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,10 @@ re-fits them;
 the plan goes into last.pth, so a resumed run continues it instead of measuring again. The
 clock is `train`'s argument, so tests can pass a fake one.
 
+With --lora-rank the model is the --init-from model with peft's LoRA adapters on it (lora.py):
+the base frozen (held in --lora-base-dtype), only the adapters in the optimizer, and only they in
+the checkpoints (with the record naming the base); everything else here runs unchanged.
+
 How the work is spread over processes is parallel.py's business: the loop holds a `Parallel`
 and does not know whether it runs alone or under DDP. What it reports are events (events.py)
 for its subscribers, on the main process only: the run's loggers (subscribers/, e.g.
@@ -41,9 +45,11 @@ import torch
 from gpt2es_cli.checkpoint import Checkpoint, Progress, TrainedOn, TrainingState
 from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.data.batches import TokenWindows, WindowSampler
-from gpt2es_cli.device import Precision, configure_backends, select_precision
+from gpt2es_cli.device import Precision, configure_backends, dtype_name, select_precision
 from gpt2es_cli.errors import ConfigError
 from gpt2es_cli.hub import check_push_target
+from gpt2es_cli.lora import adapter_state, add_adapters, hold_frozen_in, load_adapter_state, trainable_parameters
+from gpt2es_cli.loss import scored_count
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.training.budget import SAVE_EVERY
 from gpt2es_cli.training.clipping import GradClip
@@ -77,7 +83,7 @@ SMOOTHING = 0.9
 
 def compute_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of targets y (B, T) given inputs x (B, T), fused with the
-    output head (no logits are built)."""
+    output head (no logits are built); targets set to IGNORE_INDEX (a loss mask's) are skipped."""
     return model(x, targets=y)
 
 
@@ -184,7 +190,15 @@ class _Trainer:
         model = GPT2(plan.model_config)
         if plan.init_weights is not None:
             model.load_state_dict(plan.init_weights)
-        if plan.resume is not None:
+            plan.init_weights = None  # in the model now: not held twice for the whole run
+        self.adapter = plan.adapter
+        if self.adapter is not None:  # LoRA: the base frozen, the adapters (seeded alike everywhere) on it
+            a = self.adapter
+            model = add_adapters(model, rank=a.rank, alpha=a.alpha, dropout=a.dropout, targets=a.targets)
+            if plan.resume is not None:
+                load_adapter_state(model, plan.resume.model_state)
+            hold_frozen_in(model, plan.base_dtype)
+        elif plan.resume is not None:
             model.load_state_dict(plan.resume.model_state)
         self.model = model.to(self.device).train()
         self.model.activation_checkpointing = config.activation_checkpointing  # training passes only
@@ -200,8 +214,12 @@ class _Trainer:
         self.train_windows = TokenWindows.open(dataset, "train", config.seq_len)
         self.sampler = WindowSampler(dataset.num_tokens("train"), config.seq_len, config.seed)
         self.evaluator = Evaluator(config, dataset, plan.tokenizer, parallel, precision)
-        self.checkpointer = Checkpointer(self.run_dir, plan.model_config, plan.tokenizer, config.keep_last)
-        self.flops_per_token = self.model.flops_per_token(config.seq_len)
+        self.checkpointer = Checkpointer(self.run_dir, plan.model_config, plan.tokenizer, config.keep_last,
+                                         adapter=self.adapter)
+        self.trainable = trainable_parameters(self.model)
+        # Frozen weights take no weight gradient: 4 FLOPs per parameter and token instead of 6.
+        frozen = sum(p.numel() for n, p in self.model.named_parameters() if not p.requires_grad and n != "wpe.weight")
+        self.flops_per_token = self.model.flops_per_token(config.seq_len) - 2 * frozen
         self.peak_flops = peak_flops(config.peak_tflops, self.device)
 
         self.progress = Progress()
@@ -225,7 +243,8 @@ class _Trainer:
             assert config.max_time is not None
             self.timer = TimeBudget.for_run(
                 config.max_time, cap=self.step_plan.cap, start_elapsed=self.progress.elapsed,
-                parameters=self.model.num_parameters(), accum_steps=plan.accum_steps,
+                parameters=self.trainable if self.adapter is not None else self.model.num_parameters(),
+                accum_steps=plan.accum_steps,
                 tokens_per_step=plan.tokens_per_step, sample_tokens=config.sample_tokens,
                 world_size=parallel.world_size, fit_eval_batches=not self.step_plan.eval_batches_fixed,
             )
@@ -353,6 +372,8 @@ class _Trainer:
             warmup_steps=steps.warmup_steps if steps.warmup_fixed else None,
             max_time=self.config.max_time, fit_time=steps.fit_time, cap_steps=steps.cap,
             cap_budget=steps.cap_budget, batch_choice=plan.batch_choice, size_choice=plan.size_choice,
+            adapter=self.adapter, trainable_parameters=self.trainable,
+            base_dtype=dtype_name(plan.base_dtype) if self.adapter is not None else None,
         ))
         self.last_good.remember(self.model, self.optimizer, self.clip, self.progress)
 
@@ -481,19 +502,21 @@ class _Trainer:
         per_process = c.global_batch // parallel.world_size
         mine = starts[parallel.rank * per_process : (parallel.rank + 1) * per_process]
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(accum):
-            x, y = self.train_windows.batch(mine[micro * c.batch_size : (micro + 1) * c.batch_size], self.device)
+        windows = [self.train_windows.batch(mine[micro * c.batch_size : (micro + 1) * c.batch_size], self.device)
+                   for micro in range(accum)]
+        weights = self._micro_weights([y for _, y in windows])
+        for micro, (x, y) in enumerate(windows):
             with parallel.gradient_sync(micro == accum - 1):
                 with self.precision.autocast():
                     loss = compute_loss(self.step_model, x, y)
-                self.scaler.scale(loss / accum).backward()
-            loss_sum += loss.detach().float()
+                self.scaler.scale(loss * weights[micro]).backward()
+            loss_sum += loss.detach().float() * weights[micro]
         # One small all-reduce carries the loss, the stop flag and the main process's clock (the others
         # add zeros), so every process decides alike: stopping, the time budget's plan, timed saves.
         clock = (self.time.reading() if parallel.is_main else Reading(0.0)).values()
         dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
         shared = torch.cat([
-            (loss_sum / accum).to(dtype).reshape(1),
+            loss_sum.to(dtype).reshape(1),
             torch.tensor([float(stop_requested), *clock], dtype=dtype, device=self.device),
         ])
         loss_total, stops, *clock = parallel.all_reduce_sum(shared).tolist()
@@ -502,6 +525,19 @@ class _Trainer:
         limit = self.clip.limit()
         grad_norm = parallel.clip_grad_norm(limit)
         return _StepResult(loss_total / parallel.world_size, grad_norm, stops > 0, Reading.from_values(clock), limit)
+
+    def _micro_weights(self, targets: list[torch.Tensor]) -> list[float | torch.Tensor]:
+        """What each micro-batch's mean loss is multiplied by, so that the step's gradient (summed over the
+        micro-batches, averaged over the processes) is the gradient of the mean loss over every target the
+        step scores. Without a loss mask every micro-batch scores as many targets: 1 / accum. With one:
+        world_size x its scored targets / the scored targets of the whole step, every process's (one
+        small all-reduce)."""
+        if not self.train_windows.masked:
+            return [1.0 / len(targets)] * len(targets)
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+        counts = torch.stack([scored_count(y) for y in targets]).to(dtype)  # (accum,)
+        total = self.parallel.all_reduce_sum(counts.sum().reshape(1)).clamp_min(1)  # every process's
+        return list((counts * self.parallel.world_size / total).float())
 
     def _finite(self, result: _StepResult) -> bool:
         # Under fp16 loss scaling an infinite gradient is the scaler's business (it skips the step).
@@ -597,8 +633,14 @@ class _Trainer:
 
     # --- saving -----------------------------------------------------------------------------------
 
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds: the model's weights, or with LoRA the adapters' alone. Every
+        process calls it (a sharded model gathers)."""
+        weights = self.parallel.model_state_dict()
+        return adapter_state(weights) if self.adapter is not None else weights
+
     def _save_best(self) -> None:
-        weights = self.parallel.model_state_dict()  # every process joins (a sharded model gathers)
+        weights = self._weights()  # every process joins (a sharded model gathers)
         path = self.run_dir / "best.pth"
         if self.parallel.is_main:
             path = self.checkpointer.write_best(weights, self._extra())
@@ -607,7 +649,7 @@ class _Trainer:
     def _save_last(self) -> None:
         started = self.time.now()
         try:
-            weights = self.parallel.model_state_dict()  # every process joins these and the RNG gather
+            weights = self._weights()  # every process joins these and the RNG gather
             training = self._training_state()
             if self.parallel.is_main:
                 path = self.checkpointer.write_last(weights, training, self._extra())

@@ -26,6 +26,15 @@ no (T, T) matrix, except the math fallback (CPU with dropout, MPS) at about 14 b
 element of the n_head x T scores. Checked against the tensors autograd saves (saved-tensor
 hooks, tests/test_memory.py) and against measured peaks (bench_memory.py --measure; on the CPU
 glibc's allocator may keep freed blocks, and ESTIMATE_SHARE leaves room for that).
+
+With LoRA (--lora-rank) the frozen weights have no gradients and no optimizer state, and may be
+held in bf16/fp16 (--lora-base-dtype): then there is no autocast copy of them either. Gradients,
+AdamW's moments and the rollback copy are the adapters' alone (rank x (in + out) per adapted
+layer). The activations are full training's (the adapted layers' inputs are kept for the
+adapters' gradients, in the compute dtype, dropped out or not), plus, per adapted layer and
+token, the adapter's rank-wide middle and, with --lora-dropout, the dropout mask (a bool on
+CUDA, the fp32 scaled noise elsewhere). The fused
+loss still makes the (frozen) head's weight gradient and its scaled copy; the embedding makes none.
 """
 
 from __future__ import annotations
@@ -40,9 +49,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from gpt2es_cli.config import ModelConfig, TrainConfig
+from gpt2es_cli.config import DEFAULT_LORA_TARGETS, LORA_LAYERS, ModelConfig, TrainConfig
 from gpt2es_cli.device import Precision, select_precision
 from gpt2es_cli.errors import ConfigError
+from gpt2es_cli.lora import add_adapters, hold_frozen_in, resolve_base_dtype
 from gpt2es_cli.loss import LINEAR_CHUNK_ELEMENTS
 from gpt2es_cli.model import GPT2
 
@@ -118,6 +128,20 @@ def parameter_count(model: ModelConfig) -> tuple[int, int]:
     return L * per_block + (model.vocab_size + model.n_positions) * C + head + 2 * C, matrices
 
 
+LORA_LAYER_WIDTHS = {"attn.c_attn": (1, 3), "attn.c_proj": (1, 1), "mlp.c_fc": (1, 4), "mlp.c_proj": (4, 1)}
+"""(in, out) of each adaptable layer, in multiples of n_embd."""
+
+
+def lora_layers(targets: str) -> list[str]:
+    """The layers of one block that --lora-targets adapts ('c_attn,c_proj' -> attn.c_attn, attn.c_proj, mlp.c_proj)."""
+    return sorted({layer for name in targets.split(",") if name.strip() for layer in LORA_LAYERS[name.strip()]})
+
+
+def lora_parameter_count(model: ModelConfig, rank: int, targets: str = DEFAULT_LORA_TARGETS) -> int:
+    """The adapters' parameters: rank x (in + out) for each adapted layer of every block."""
+    return model.n_layer * sum(rank * model.n_embd * sum(LORA_LAYER_WIDTHS[t]) for t in lora_layers(targets))
+
+
 def estimate_training_memory(
     model: ModelConfig,
     seq_len: int,
@@ -128,26 +152,34 @@ def estimate_training_memory(
     optimizer: str = "adamw",
     device_type: str = "cpu",
     world_size: int = 1,
+    lora_rank: int | None = None,
+    lora_targets: str = DEFAULT_LORA_TARGETS,
+    lora_dropout: float = 0.0,
+    base_dtype: torch.dtype | None = None,
 ) -> MemoryEstimate:
     """Estimated peak memory of one training step of `batch_size` windows of `seq_len` tokens,
-    in the memory of `device_type` ("cpu", "cuda" or "mps"); see the module docstring."""
-    C, L, V, H = model.n_embd, model.n_layer, model.vocab_size, model.n_head
-    params, matrices = parameter_count(model)
+    in the memory of `device_type` ("cpu", "cuda" or "mps"); see the module docstring. With
+    `lora_rank`, of LoRA adapters on `lora_targets`, the frozen block matrices held in
+    `base_dtype` (None: float32)."""
     a = FP32 if autocast_dtype is None else torch.finfo(autocast_dtype).bits // 8
+    if lora_rank is not None:
+        return _lora_estimate(model, seq_len, batch_size, a, autocast_dtype, activation_checkpointing, device_type,
+                              world_size, lora_rank, lora_targets, lora_dropout, base_dtype)
+    C, L, V = model.n_embd, model.n_layer, model.vocab_size
+    params, matrices = parameter_count(model)
     tokens = batch_size * seq_len
+    host_memory = device_type in ("cpu", "mps")
+    linear = L * (12 * C * C + 9 * C)  # the blocks' Linear layers, weights and biases
 
     moments = params * 2 if optimizer == "adamw" else matrices + (params - matrices) * 2  # muon: 1 for matrices
     optimizer_bytes = FP32 * moments
     weights = FP32 * params
     gradients = FP32 * params * (2 if world_size > 1 else 1)  # DDP buckets hold a second copy
-    copies = 0 if autocast_dtype is None else a * (L * (12 * C * C + 9 * C) + V * C)
-    host_memory = device_type in ("cpu", "mps")
+    copies = 0 if autocast_dtype is None else a * (linear + V * C)
     listed = params + (V * C if model.tie_word_embeddings else 0)  # state_dict lists a tied matrix twice
     rollback = FP32 * listed + optimizer_bytes if host_memory else 0
 
-    math_attention = device_type == "mps" or (device_type == "cpu" and model.dropout > 0)
-    dropout_masks = 2 * C if model.dropout > 0 else 0  # bool masks of the two residual branches
-    block = 8 * C + 14 * a * C + FP32 * H + dropout_masks + (ATTENTION_MATH_BYTES * H * seq_len if math_attention else 0)
+    block = _block_activations(model, seq_len, a, device_type)
     kept_per_block = 4 * C if activation_checkpointing else block  # checkpointing keeps the block's fp32 input
     # The loss is fused with the head (loss.linear_cross_entropy): kept are the ln_f input and
     # the gradient the loss made for the head's input (fp32); no logits.
@@ -164,6 +196,58 @@ def estimate_training_memory(
         weights=weights, gradients=gradients, optimizer=optimizer_bytes, autocast_copies=copies,
         rollback=rollback, activations=activations, workspace=workspace, runtime=RUNTIME_BYTES.get(device_type, 0),
     )
+
+
+def _block_activations(model: ModelConfig, seq_len: int, a: int, device_type: str) -> int:
+    """Bytes one block keeps per token for the backward pass (see the module docstring)."""
+    C, H = model.n_embd, model.n_head
+    math_attention = device_type == "mps" or (device_type == "cpu" and model.dropout > 0)
+    dropout_masks = 2 * C if model.dropout > 0 else 0  # bool masks of the two residual branches
+    return 8 * C + 14 * a * C + FP32 * H + dropout_masks + (ATTENTION_MATH_BYTES * H * seq_len if math_attention else 0)
+
+
+def _lora_estimate(model: ModelConfig, seq_len: int, batch_size: int, a: int, autocast_dtype: torch.dtype | None,
+                   checkpointing: bool, device_type: str, world_size: int, rank: int, targets: str, dropout: float,
+                   base_dtype: torch.dtype | None) -> MemoryEstimate:
+    """estimate_training_memory with LoRA adapters (see the module docstring)."""
+    C, L, V = model.n_embd, model.n_layer, model.vocab_size
+    params, _ = parameter_count(model)
+    tokens = batch_size * seq_len
+    linear = L * (12 * C * C + 9 * C)
+    adapters = lora_parameter_count(model, rank, targets)
+    b = FP32 if base_dtype is None else torch.finfo(base_dtype).bits // 8
+    weights = b * linear + FP32 * (params - linear) + FP32 * adapters
+    gradients = FP32 * adapters * (2 if world_size > 1 else 1)
+    optimizer_bytes = FP32 * 2 * adapters  # AdamW
+    frozen_copies = linear if autocast_dtype is not None and b != a else 0  # none when held in the compute dtype
+    copies = 0 if autocast_dtype is None else a * (frozen_copies + V * C + adapters)
+    rollback = FP32 * adapters + optimizer_bytes if device_type in ("cpu", "mps") else 0
+
+    layers = lora_layers(targets)
+    adapted_in = C * sum(LORA_LAYER_WIDTHS[t][0] for t in layers)  # the adapted layers' input widths
+    per_block = _block_activations(model, seq_len, a, device_type) + a * rank * len(layers)
+    if dropout > 0:  # each adapted layer's dropout mask (CUDA's fused dropout: bool; else the fp32 noise)
+        per_block += (1 if device_type == "cuda" else FP32) * adapted_in
+    kept_per_block = 4 * C if checkpointing else per_block
+    head = 4 * C + FP32 * C
+    activations = tokens * (L * kept_per_block + head + (C if model.dropout > 0 else 0))
+    chunk = min(LINEAR_CHUNK_ELEMENTS.get(device_type, tokens * V), tokens * V)
+    loss_chunks = (FP32 + (a if a != FP32 else 0)) * chunk
+    backward = tokens * per_block * (2 if checkpointing else 1)
+    workspace = loss_chunks + backward  # the frozen head has no weight gradient (loss.py skips it)
+    return MemoryEstimate(
+        weights=weights, gradients=gradients, optimizer=optimizer_bytes, autocast_copies=copies,
+        rollback=rollback, activations=activations, workspace=workspace, runtime=RUNTIME_BYTES.get(device_type, 0),
+    )
+
+
+def lora_options(config: TrainConfig, autocast_dtype: torch.dtype | None) -> dict:
+    """The LoRA keywords of estimate_training_memory for a run's settings (none without --lora-rank)."""
+    if config.lora_rank is None:
+        return {}
+    base = resolve_base_dtype(config.lora_base_dtype, autocast_dtype)
+    return {"lora_rank": config.lora_rank, "lora_targets": config.lora_targets, "lora_dropout": config.lora_dropout,
+            "base_dtype": None if base == torch.float32 else base}
 
 
 # --- available memory -------------------------------------------------------------------------
@@ -335,11 +419,17 @@ def _training_pass(model: GPT2, seq_len: int, precision: Precision, b: int) -> i
 
 
 def _probe_cuda(model_config: ModelConfig, seq_len: int, precision: Precision, checkpointing: bool,
-                held_bytes: int, candidates: Sequence[int], budget: int) -> dict[int, int]:
-    """`probe_sizes` with real training passes on a fresh model, `held_bytes` (the optimizer state
-    to come) held beside it; everything is freed after and the random streams left as they were."""
+                held_bytes: int, candidates: Sequence[int], budget: int, lora: dict | None = None) -> dict[int, int]:
+    """`probe_sizes` with real training passes on a fresh model (with `lora`, lora_options' keywords:
+    adapters on it, the frozen weights in their dtype), `held_bytes` (the optimizer state to come)
+    held beside it; everything is freed after and the random streams left as they were."""
     with torch.random.fork_rng(devices=[precision.device]):
-        model = GPT2(model_config).to(precision.device).train()
+        model = GPT2(model_config)
+        if lora:
+            model = add_adapters(model, rank=lora["lora_rank"], alpha=2.0 * lora["lora_rank"],
+                                 dropout=lora["lora_dropout"], targets=lora["lora_targets"])
+            hold_frozen_in(model, lora["base_dtype"] or torch.float32)
+        model = model.to(precision.device).train()
         model.activation_checkpointing = checkpointing
         held = torch.empty(held_bytes, dtype=torch.uint8, device=precision.device)
         try:
@@ -375,20 +465,22 @@ def choose_batch_size(config: TrainConfig, model_config: ModelConfig, seq_len: i
     precision = training_precision(config)
     device = precision.device
     candidates, cap, reason = _limits(config.global_batch, world_size, (train_tokens - 1) // seq_len)
+    lora = lora_options(config, precision.autocast_dtype)
 
     def estimate(b: int) -> MemoryEstimate:
         return estimate_training_memory(
             model_config, seq_len, b, autocast_dtype=precision.autocast_dtype,
             activation_checkpointing=config.activation_checkpointing, optimizer=config.optimizer,
-            device_type=device.type, world_size=world_size,
+            device_type=device.type, world_size=world_size, **lora,
         )
 
     if device.type == "cuda":
         available = available_memory(device)
         one = estimate(1)
-        held = one.optimizer + one.gradients - one.weights  # AdamW's moments, DDP's buckets (beyond the gradients)
+        # AdamW's moments, and DDP's buckets (the probe's model has the gradients themselves)
+        held = one.optimizer + (one.gradients // 2 if world_size > 1 else 0)
         peaks = _probe_cuda(model_config, seq_len, precision, config.activation_checkpointing, held, candidates,
-                            int(PROBE_SHARE * available))
+                            int(PROBE_SHARE * available), **({"lora": lora} if lora else {}))
         best = _agree(max(peaks, default=0))  # every process joins, even one that fits nothing
         if best == 0:
             raise ConfigError(

@@ -59,9 +59,11 @@ def _adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.o
 
 
 def build_optimizer(model: GPT2, config: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer --optimizer names, over the plain (unwrapped) model's parameters."""
+    """The optimizer --optimizer names, over the plain (unwrapped) model's trainable parameters.
+    LoRA adapters (--lora-rank) always train with AdamW: Muon orthogonalizes whole weight
+    matrices, and an adapter's are its low-rank factors."""
     betas = (config.beta1, config.beta2)
-    if config.optimizer == "adamw":
+    if config.optimizer == "adamw" or config.lora_rank is not None:
         adamw = _adamw(parameter_groups(model, config.weight_decay), config.peak_lr, betas)
         adamw.register_load_state_dict_pre_hook(_refuse_muon_state)
         return adamw

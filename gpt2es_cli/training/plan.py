@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from gpt2es_cli.artifacts import open_checkpoint
-from gpt2es_cli.checkpoint import Checkpoint, TrainingState, load_checkpoint
+from gpt2es_cli.artifacts import base_source, open_base, open_checkpoint
+from gpt2es_cli.checkpoint import AdapterRecord, Checkpoint, TrainingState, load_checkpoint
 from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.data.dataset import PreparedDataset
 from gpt2es_cli.errors import CheckpointError, ConfigError, DataError
-from gpt2es_cli.hub import with_revision
+from gpt2es_cli.hub import is_hub_id, with_revision
+from gpt2es_cli.lora import base_record, require_peft, resolve_base_dtype
 from gpt2es_cli.settings import AUTO, duration_text, value_problems
 from gpt2es_cli.tokenizer import Tokenizer
 from gpt2es_cli.training.budget import Budget, StepPlan, plan_steps, step_budgets
@@ -28,6 +29,7 @@ from gpt2es_cli.training.memory import (
     available_memory,
     choose_batch_size,
     estimate_training_memory,
+    lora_options,
     training_precision,
 )
 from gpt2es_cli.training.rundir import run_files
@@ -36,9 +38,12 @@ from gpt2es_cli.training.sizing import SizeChoice, choose_model_size, measure_tr
 PROBE_BATCH = 8
 """Windows per pass when --preset auto times its candidates under --batch-size auto."""
 
-FIXED_ON_RESUME = ("preset", "n_layer", "n_head", "n_embd", "n_positions", "untied_head", "position", "rope_theta", "init_from", "revision", "seq_len", "seed", "optimizer")
+FIXED_ON_RESUME = (
+    "preset", "n_layer", "n_head", "n_embd", "n_positions", "untied_head", "position", "rope_theta", "init_from",
+    "revision", "seq_len", "seed", "optimizer", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+)
 """Settings a resumed run must keep: the architecture, the data windows and their order, the optimizer
-(its state is the one in the checkpoint)."""
+(its state is the one in the checkpoint), the LoRA adapter's shape."""
 
 
 @dataclass
@@ -67,6 +72,10 @@ class RunPlan:
     """What --batch-size auto chose and why (None: the batch size was given)."""
     size_choice: SizeChoice | None = None
     """What --preset auto chose and why (None: a preset, a shape, --init-from or --resume gave the model)."""
+    adapter: AdapterRecord | None = None
+    """With --lora-rank: the adapter the run trains, on the base in init_weights (which stays frozen)."""
+    base_dtype: torch.dtype = torch.float32
+    """With --lora-rank: what the frozen weight matrices are held in (--lora-base-dtype resolved)."""
 
     @property
     def tokens_per_step(self) -> int:
@@ -163,7 +172,8 @@ def _tokenizers_match(a: Tokenizer, b: Tokenizer) -> bool:
 
 
 def _model_config(config: TrainConfig, dataset: PreparedDataset, tokenizer: Tokenizer,
-                  resume: Checkpoint | None) -> tuple[ModelConfig, dict[str, Any] | None]:
+                  resume: Checkpoint | None) -> tuple[ModelConfig, Checkpoint | None]:
+    """The model the run trains, and the --init-from checkpoint it starts from (None: from scratch or resumed)."""
     overrides = config.model_overrides()
     dropout = overrides.pop("dropout", None)
     if resume is not None:
@@ -202,7 +212,7 @@ def _model_config(config: TrainConfig, dataset: PreparedDataset, tokenizer: Toke
             )
         if dropout is not None:
             model = replace(model, dropout=dropout)
-        return model, init.model_state
+        return model, init
     return ModelConfig.from_preset(config.preset, vocab_size=dataset.vocab_size, dropout=dropout, **overrides), None
 
 
@@ -222,7 +232,15 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     config = replace(config, lr=config.peak_lr)
     if config.min_lr is not None and config.min_lr > config.lr:
         raise ConfigError(f"--min-lr ({config.min_lr:g}) must not exceed the learning rate ({config.lr:g}): lower it")
-    model_config, init_weights = _model_config(config, dataset, tokenizer, resume)
+    base_dtype = torch.float32
+    if config.lora_rank is not None:  # the adapters train with AdamW; alpha resolved
+        config = replace(config, optimizer="adamw", lora_alpha=config.lora_scale)
+        base_dtype = _lora_base_dtype(config)
+    model_config, init = _model_config(config, dataset, tokenizer, resume)
+    init_weights = init.model_state if init is not None else None
+    adapter = None
+    if config.lora_rank is not None:
+        adapter, init_weights = _adapter(config, init, resume)
     training = training_state(resume) if resume is not None else None
     if resume is not None and training is not None:
         trained_on = training.dataset.train_sha256 if training.dataset is not None else None
@@ -291,6 +309,11 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         raise ConfigError(f"--out {run_dir} holds a prepared dataset: choose another directory for the run")
     existing = run_files(run_dir)
     continuing = resume is not None and resume.path is not None and resume.path.parent.resolve() == run_dir.resolve()
+    if adapter is not None and not is_hub_id(adapter.base.source) and run_dir.resolve() in Path(adapter.base.source).parents:
+        raise ConfigError(
+            f"the --init-from model {adapter.base.source} is inside --out {run_dir}, and a LoRA run's checkpoints "
+            "need their base to stay: choose another --out"
+        )
     if existing and not continuing and not force:
         raise ConfigError(
             f"{run_dir} already holds a run ({', '.join(existing[:3])}): resume it with --resume {run_dir}, "
@@ -314,7 +337,34 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         init_weights=init_weights,
         batch_choice=batch_choice,
         size_choice=size_choice,
+        adapter=adapter,
+        base_dtype=base_dtype,
     )
+
+
+def _lora_base_dtype(config: TrainConfig) -> torch.dtype:
+    """--lora-base-dtype for this run's compute dtype (a one-line error when they do not go together)."""
+    require_peft()  # said before anything is loaded
+    return resolve_base_dtype(config.lora_base_dtype, training_precision(config).autocast_dtype)
+
+
+def _adapter(config: TrainConfig, init: Checkpoint | None,
+             resume: Checkpoint | None) -> tuple[AdapterRecord, dict[str, Any]]:
+    """The adapter a LoRA run trains and the base weights under it: a new one on the --init-from
+    model, or the resumed checkpoint's on its base (found again and checked)."""
+    assert config.lora_rank is not None and config.init_from
+    if resume is not None:
+        if resume.adapter is None:
+            raise CheckpointError(
+                f"{resume.path} holds a full model, not a LoRA adapter: resume it without --lora-rank, or start a "
+                f"LoRA run from it with --init-from {resume.path}"
+            )
+        return resume.adapter, open_base(resume.adapter, resume.path).model_state
+    assert init is not None
+    source, revision = base_source(config.init_from, config.revision, init)
+    record = base_record(init, source, revision, rank=config.lora_rank, alpha=config.lora_scale,
+                         dropout=config.lora_dropout, targets=config.lora_targets)
+    return record, init.model_state
 
 
 def _check_batch_fits(config: TrainConfig, model: ModelConfig, seq_len: int, world_size: int) -> None:
@@ -325,7 +375,7 @@ def _check_batch_fits(config: TrainConfig, model: ModelConfig, seq_len: int, wor
     needed = estimate_training_memory(
         model, seq_len, config.batch_size, autocast_dtype=precision.autocast_dtype,
         activation_checkpointing=config.activation_checkpointing, optimizer=config.optimizer,
-        device_type=device.type, world_size=world_size,
+        device_type=device.type, world_size=world_size, **lora_options(config, precision.autocast_dtype),
     ).total
     if device.type == "cuda":
         have, where = torch.cuda.get_device_properties(device).total_memory, f"the {device} GPU's"

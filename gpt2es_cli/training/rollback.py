@@ -3,6 +3,7 @@
 The loop remembers it at the start and after each save of last.pth: the model's weights, the
 optimizer's state, the clipping history and where the progress stood. A rollback puts them
 back (the learning-rate scale and the recoveries count are the loop's to change, not undone).
+Only what trains is copied: with LoRA, the adapters (the frozen base cannot go wrong).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ def clone_to_cpu(value: Any) -> Any:
     return value
 
 
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The entries of `model`'s state_dict that train: all of them, but those of frozen parameters."""
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
 class LastGood:
     """The state to roll back to, and how many rollbacks it has had."""
 
@@ -41,7 +48,7 @@ class LastGood:
     def remember(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: GradClip,
                  progress: Progress) -> None:
         """This is the last good state now (the previous one is held until the new one is whole)."""
-        weights, moments = clone_to_cpu(model.state_dict()), clone_to_cpu(optimizer.state_dict())
+        weights, moments = clone_to_cpu(trainable_state(model)), clone_to_cpu(optimizer.state_dict())
         self.model, self.optimizer = weights, moments
         self.clip = clip.state_dict()
         self.step, self.tokens_seen = progress.step, progress.tokens_seen
@@ -50,7 +57,9 @@ class LastGood:
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: GradClip,
                 progress: Progress) -> None:
         """Put the remembered state back, and count the rollback."""
-        model.load_state_dict(self.model)
+        missing, unexpected = model.load_state_dict(self.model, strict=False)
+        assert not unexpected and set(missing) <= {n for n, p in model.named_parameters(remove_duplicate=False)
+                                                     if not p.requires_grad}, "the model changed since remembered"
         # A copy: on CPU load_state_dict adopts the tensors it is given, and later steps would
         # change the state a second rollback needs.
         optimizer.load_state_dict(clone_to_cpu(self.optimizer))

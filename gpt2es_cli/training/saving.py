@@ -1,5 +1,5 @@
 """The run's files on disk: config.yaml, last.pth (with the training state), best.pth and the
-numbered copies, written atomically by the main process.
+numbered copies, written atomically by the main process (a LoRA run's checkpoints hold its adapter alone).
 
 A `Checkpointer` holds the run directory (rundir.py) from the start of an invocation: until its
 first last.pth is written, `restore` puts back what the directory held before.
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import yaml
 
-from gpt2es_cli.checkpoint import Checkpoint, TrainingState, save_checkpoint
+from gpt2es_cli.checkpoint import AdapterRecord, Checkpoint, TrainingState, save_checkpoint
 from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.fileio import atomic_write
 from gpt2es_cli.tokenizer import Tokenizer
@@ -27,11 +27,14 @@ LAST, BEST = "last.pth", "best.pth"
 class Checkpointer:
     """Writes one run's checkpoints into `run_dir`."""
 
-    def __init__(self, run_dir: Path, model_config: ModelConfig, tokenizer: Tokenizer, keep_last: int):
+    def __init__(self, run_dir: Path, model_config: ModelConfig, tokenizer: Tokenizer, keep_last: int,
+                 adapter: AdapterRecord | None = None):
         self.run_dir = run_dir
         self.model_config = model_config
         self.tokenizer = tokenizer
         self.keep_last = keep_last
+        self.adapter = adapter
+        """A LoRA run's adapter: the weights written are its tensors, saved with this record."""
         self.directory: RunDirectory | None = None
         """The hold on the run directory (main process only; None on the others)."""
         self.saved = False
@@ -84,5 +87,5 @@ class Checkpointer:
                extra: dict[str, Any]) -> None:
         save_checkpoint(path, Checkpoint(
             model_config=self.model_config, model_state=weights, tokenizer_json=self.tokenizer.to_json(),
-            training=training, extra=extra,
+            training=training, extra=extra, adapter=self.adapter,
         ))

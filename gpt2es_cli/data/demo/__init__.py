@@ -18,13 +18,27 @@ import random
 from collections.abc import Iterator
 
 from gpt2es_cli.config import DEMO_MAX_BYTES
-from gpt2es_cli.data.demo.plots import write_tale
+from gpt2es_cli.data.demo.patterns import Tale
+from gpt2es_cli.data.demo.plots import draw_story
 from gpt2es_cli.errors import DataError
 
-__all__ = ["MAX_CHARS", "MIN_CHARS", "generate_tales"]
+__all__ = ["MAX_CHARS", "MIN_CHARS", "generate_stories", "generate_tales"]
 
 MIN_CHARS, MAX_CHARS = 400, 1500
 """Every tale has between MIN_CHARS and MAX_CHARS characters."""
+
+
+def generate_stories(seed: int = 0) -> Iterator[tuple[str, Tale]]:
+    """Yield (text, Tale) for ever: every tale `generate_tales` yields for this seed, in order, with
+    what was told in it (its slots, plot and ending; the demo instruction set asks about them)."""
+    rng = random.Random(seed)
+    while True:
+        story = draw_story(rng)
+        text = story.text()
+        while not MIN_CHARS <= len(text) <= MAX_CHARS:
+            story = draw_story(rng)
+            text = story.text()
+        yield text, story
 
 
 def generate_tales(seed: int = 0, max_bytes: int | None = DEMO_MAX_BYTES,
@@ -37,12 +51,10 @@ def generate_tales(seed: int = 0, max_bytes: int | None = DEMO_MAX_BYTES,
     for name, value in (("max_bytes", max_bytes), ("max_docs", max_docs)):
         if value is not None and value < 0:
             raise DataError(f"{name} must be >= 0, got {value}: pass a size or leave it unset")
-    rng = random.Random(seed)
     total = docs = 0
+    stories = generate_stories(seed)
     while (max_bytes is None or total < max_bytes) and (max_docs is None or docs < max_docs):
-        tale = write_tale(rng)
-        while not MIN_CHARS <= len(tale) <= MAX_CHARS:
-            tale = write_tale(rng)
+        tale, _ = next(stories)
         total += len(tale.encode("utf-8"))
         docs += 1
         yield tale

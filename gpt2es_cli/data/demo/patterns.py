@@ -50,6 +50,8 @@ class Tale:
         self.genders: dict[str, str] = {}
         self.paragraphs: list[str] = []
         self.place_tag = ""  # which lexicon.PLACES list the hero's home came from
+        self.plot = ""  # the name of the plot told (plots.PLOTS)
+        self.ending = ""  # the key of its moral in lexicon.MORALS (for the lost treasure: who took it)
 
     def cast(self, role: str, gender: str, **slots: str) -> None:
         """Give `role` a gender for `[role:masc|fem]`, and fill its slots."""
@@ -86,8 +88,13 @@ class Tale:
 
     def text(self) -> str:
         """The finished tale: paragraphs joined by "\\n", contractions applied, NFC-normalised."""
-        text = "\n".join(self.paragraphs)
-        text = _CONTRACT.sub(lambda m: m[1][0] + ("el" if m[1] in ("de", "De") else "l"), text)
-        text = _Y_TO_E.sub("e ", text)
-        text = _O_TO_U.sub("u ", text)
-        return unicodedata.normalize("NFC", text)
+        return polish("\n".join(self.paragraphs))
+
+
+def polish(text: str) -> str:
+    """Text as a finished tale reads: "de el"/"a el" contracted, "y"/"o" as "e"/"u" where the next
+    sound asks for it, NFC-normalised."""
+    text = _CONTRACT.sub(lambda m: m[1][0] + ("el" if m[1] in ("de", "De") else "l"), text)
+    text = _Y_TO_E.sub("e ", text)
+    text = _O_TO_U.sub("u ", text)
+    return unicodedata.normalize("NFC", text)

@@ -411,20 +411,28 @@ PLOTS = (
 """Every plot a tale can follow."""
 
 
-def tell(rng: random.Random, plot: Plot) -> str:
-    """One tale following `plot`: the opening, the plot, its moral and, half the time, "colorín colorado"."""
+def tell_story(rng: random.Random, plot: Plot) -> Tale:
+    """One tale following `plot`: the opening, the plot, its moral and, half the time, "colorín colorado".
+
+    The Tale keeps what was told (its slots, the plot's name and how it ended) beside its text."""
     t = Tale(rng)
     kind = _introduce_hero(t, plot.hobby_chance)
     moral_key = plot.write(t, kind)
+    t.plot, t.ending = plot.name, moral_key
     t.fill(moral=rng.choice(MORALS[moral_key]))
     t.para(("Y desde aquel día, {hero} nunca olvidó que {moral}.", "Y así fue como {hero} aprendió que {moral}.",
             "Desde entonces, en {community} todos saben que {moral}.", "Aquel día, {hero} descubrió que {moral}."))
     if rng.random() < 0.5:
         t.para(("Colorín colorado, este cuento se ha acabado.", "Y colorín colorado, este cuento se ha acabado."))
-    return t.text()
+    return t
 
 
-def write_tale(rng: random.Random) -> str:
+def tell(rng: random.Random, plot: Plot) -> str:
+    """The text of one tale following `plot` (see tell_story)."""
+    return tell_story(rng, plot).text()
+
+
+def draw_story(rng: random.Random) -> Tale:
     """One tale of any length, its plot drawn from PLOTS by weight."""
     plot = rng.choices(PLOTS, weights=[plot.weight for plot in PLOTS])[0]
-    return tell(rng, plot)
+    return tell_story(rng, plot)
