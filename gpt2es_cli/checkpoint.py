@@ -294,19 +294,7 @@ def adapter_problems(config: ModelConfig, record: AdapterRecord, state: Any) -> 
         shapes[f"{module}.lora_B"] = (out_features, record.rank)
     if not shapes:
         return [f"its targets {', '.join(record.targets)} name no layer of the model"]
-    problems = [f"{key} is missing" for key in shapes if key not in state]
-    problems += [f"{key} is not part of the adapter" for key in state if key not in shapes]
-    for key, shape in shapes.items():
-        value = state.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, torch.Tensor):
-            problems.append(f"{key} is a {type(value).__name__}, not a tensor")
-        elif tuple(value.shape) != shape:
-            problems.append(f"{key} has shape {tuple(value.shape)}, the adapter's rank implies {shape}")
-        elif not value.is_floating_point():
-            problems.append(f"{key} holds {value.dtype} values, not floating point")
-    return problems
+    return tensor_problems(state, shapes, "the adapter", "the adapter's rank")
 
 
 def merge_adapter(base_state: dict[str, torch.Tensor], adapter_state: dict[str, torch.Tensor],
@@ -561,26 +549,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is a damaged gpt2es checkpoint ({e})") from None
 
 
-def weight_problems(config: ModelConfig, state: Any) -> list[str]:
-    """What is wrong with `state` as the weights of a GPT2 with `config`: missing, unexpected or
-    non-tensor entries, wrong shapes, non-floating dtypes (empty when it fits)."""
-    if not isinstance(state, dict):
-        return [f"the weights are a {type(state).__name__}, not a dict of tensors"]
-    state = clean_state_dict(state)
-    shapes = GPT2.state_shapes(config)
+def tensor_problems(state: dict[str, Any], shapes: dict[str, Any], owner: str, implied_by: str) -> list[str]:
+    """What is wrong with `state` against the expected `shapes`: missing, unexpected (not part of `owner`) or
+    non-tensor entries, shapes other than `implied_by` implies, non-floating dtypes."""
     problems = [f"{key} is missing" for key in shapes if key not in state]
-    problems += [f"{key} is not part of the model" for key in state if key not in shapes]
+    problems += [f"{key} is not part of {owner}" for key in state if key not in shapes]
     for key, shape in shapes.items():
         value = state.get(key)
         if value is None:
             continue
         if not isinstance(value, torch.Tensor):
             problems.append(f"{key} is a {type(value).__name__}, not a tensor")
-        elif value.shape != shape:
-            problems.append(f"{key} has shape {tuple(value.shape)}, the config implies {tuple(shape)}")
+        elif tuple(value.shape) != tuple(shape):
+            problems.append(f"{key} has shape {tuple(value.shape)}, {implied_by} implies {tuple(shape)}")
         elif not value.is_floating_point():
             problems.append(f"{key} holds {value.dtype} values, not floating point")
     return problems
+
+
+def weight_problems(config: ModelConfig, state: Any) -> list[str]:
+    """What is wrong with `state` as the weights of a GPT2 with `config`: missing, unexpected or
+    non-tensor entries, wrong shapes, non-floating dtypes (empty when it fits)."""
+    if not isinstance(state, dict):
+        return [f"the weights are a {type(state).__name__}, not a dict of tensors"]
+    state = clean_state_dict(state)
+    return tensor_problems(state, GPT2.state_shapes(config), "the model", "the config")
 
 
 def safe_torch_load(path: Path, map_location: str | torch.device) -> Any:

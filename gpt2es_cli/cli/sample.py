@@ -106,15 +106,20 @@ def sample(
     if not interactive:
         run(prompt)
         return
-    err_console.print("[dim]Interactive mode: type a prompt and press Enter; Ctrl-D to quit.[/]")
+    _read_lines("Interactive mode: type a prompt and press Enter; Ctrl-D to quit.", "prompt>", run)
+
+
+def _read_lines(banner: str, label: str, handle: Any) -> None:
+    """Read lines at a `label` prompt until Ctrl-D (or Ctrl-C), passing each non-blank one to `handle`."""
+    err_console.print(f"[dim]{banner}[/]")
     while True:
         try:
-            text = console.input("[bold cyan]prompt>[/] ")
+            text = console.input(f"[bold cyan]{label}[/] ")
         except (EOFError, KeyboardInterrupt):
             console.print()  # end the prompt's line where it was printed (stdout)
             return
         if text.strip():
-            run(text)
+            handle(text)
 
 
 def _chat(ready: Any, config: GenerationConfig, prompt: str | None, *, use_cache: bool, compile: bool,
@@ -157,15 +162,7 @@ def _chat(ready: Any, config: GenerationConfig, prompt: str | None, *, use_cache
     if prompt is not None:
         reply(prompt)
         return
-    err_console.print("[dim]Chat: type a message and press Enter; Ctrl-D to quit.[/]")
-    while True:
-        try:
-            text = console.input("[bold cyan]you>[/] ")
-        except (EOFError, KeyboardInterrupt):
-            console.print()  # end the prompt's line where it was printed (stdout)
-            return
-        if text.strip():
-            reply(text)
+    _read_lines("Chat: type a message and press Enter; Ctrl-D to quit.", "you>", reply)
 
 
 def _finish_reason(gen: Generation, i: int) -> str:
