@@ -12,13 +12,27 @@ rollback copy on the GPU) for small / gpt2 / gpt2-medium at seq-len 256, 512 and
 1 to 16, and what fits a 4 GB and an 8 GB card (an RTX 3050, say) once the CUDA context and the
 display have taken GPU_RESERVED and --batch-size auto's headroom is left.
 
+SHARDED: the estimate per GPU of gpt2-medium / gpt2-large / gpt2-xl trained on 2, 4 and 8 GPUs
+with --parallel fsdp (FSDP2: weights, gradients and optimizer state divided by the GPUs, each
+block's weights gathered in bf16 as it runs), beside a DDP replica, with AdamW and Muon, with and
+without activation checkpointing, and with --cpu-offload (the GPU's share, and the host memory
+each process holds); then which preset fits with DDP or FSDP on 1 to 8 GPUs of 8 to 80 GB, and
+what `--parallel auto` picks (memory.pick_parallel's rule, applied to the same estimates).
+
+MEASURED ON GPUS (where CUDA is present): the peak GPU memory of real training steps of the
+sharded presets beside the estimate, each process's, the largest over the processes; in one
+process (a replica, and FSDP's CPU offload in a group of one), or under torchrun (DDP, FSDP, and
+FSDP with CPU offload):
+
+    torchrun --standalone --nproc_per_node 8 benchmarks/bench_memory.py --gpu-measure gpt2-xl
+
 LORA: the estimate for LoRA fine-tuning (--lora-rank 16 on c_attn, c_proj and c_fc, dropout
 0.05, AdamW on the adapters) of the gpt2 / gpt2-medium / gpt2-large bases at seq-len 512 and
 1024 and batch 1 to 8, the frozen base held in bf16 (--amp on a GPU with bf16) or in float32,
 and which fit a 4 GB and an 8 GB card, with the same margins.
 
     python benchmarks/bench_memory.py              # all the tables (a few minutes on 2 cores)
-    python benchmarks/bench_memory.py --no-measure # the GPU and LoRA tables only (instant)
+    python benchmarks/bench_memory.py --no-measure # the GPU, sharded and LoRA tables only (instant)
 """
 
 from __future__ import annotations
@@ -34,7 +48,13 @@ from pathlib import Path
 import torch
 
 from gpt2es_cli.config import ModelConfig
-from gpt2es_cli.training.memory import PROBE_SHARE, estimate_training_memory, lora_parameter_count
+from gpt2es_cli.training.memory import (
+    ESTIMATE_SHARE,
+    PROBE_SHARE,
+    estimate_training_memory,
+    lora_parameter_count,
+    parallel_for,
+)
 
 GB = 2**30
 GPU_RESERVED = 0.6 * GB
@@ -48,6 +68,10 @@ MEASURED = [  # preset, seq_len, batch sizes, precision (bf16 where this CPU emu
 ]
 GPU_PRESETS, GPU_SEQ_LENS, GPU_BATCHES = ("small", "gpt2", "gpt2-medium"), (256, 512, 1024), (1, 2, 4, 8, 16)
 GPU_SIZES = (4, 8)
+SHARDED_PRESETS, SHARDED_GPUS, SHARDED_SEQ_LEN, SHARDED_BATCH = ("gpt2-medium", "gpt2-large", "gpt2-xl"), (2, 4, 8), 1024, 1
+"""The sharded tables: their presets, GPU counts, and the micro-batch (the least a run needs; --batch-size
+auto then takes what is left) at GPT-2's context."""
+FIT_PRESETS, FIT_GPUS, FIT_SIZES = ("small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"), (1, 2, 4, 8), (8, 16, 24, 40, 80)
 LORA_PRESETS, LORA_SEQ_LENS, LORA_BATCHES = ("gpt2", "gpt2-medium", "gpt2-large"), (512, 1024), (1, 2, 4, 8)
 LORA_RANK, LORA_DROPOUT = 16, 0.05
 LORA_BASES = {"bf16": torch.bfloat16, "fp32": None}
@@ -185,6 +209,184 @@ def recommend(peaks: dict, preset: str, budget: float) -> str:
     return f"--preset {preset} does not fit, even at seq-len {min(GPU_SEQ_LENS)}, batch 1, with checkpointing"
 
 
+def sharded_estimate(config: ModelConfig, gpus: int, parallel: str, optimizer: str = "adamw",
+                     checkpointing: bool = False, offload: bool = False, batch: int = SHARDED_BATCH):
+    """One GPU's estimate of `gpus` processes training under `parallel` (bf16, seq-len SHARDED_SEQ_LEN)."""
+    return estimate_training_memory(
+        config, SHARDED_SEQ_LEN, batch, autocast_dtype=torch.bfloat16, activation_checkpointing=checkpointing,
+        optimizer=optimizer, device_type="cuda", world_size=gpus, parallel=parallel, cpu_offload=offload,
+    )
+
+
+def sharded_table(args: argparse.Namespace) -> None:
+    print(f"### Sharded over GPUs: each GPU's share (bf16 compute, fp32 master weights, seq-len {SHARDED_SEQ_LEN}, "
+          f"micro-batch {SHARDED_BATCH}, vocab {args.vocab}; GB per GPU; offload: GPU + host memory per process)\n")
+    gpus = " | ".join(f"FSDP {n}" for n in SHARDED_GPUS)
+    offload = " | ".join(f"offload {n}" for n in (1, *SHARDED_GPUS))
+    print(f"| preset | optimizer | checkpointing | 1 GPU | DDP | {gpus} | {offload} "
+          "| + per window |")
+    print("|---|---|---|---:|---:|" + "---:|" * (2 * len(SHARDED_GPUS) + 2))
+    for preset in SHARDED_PRESETS:
+        config = model_config(preset, SHARDED_SEQ_LEN, args.vocab)
+        for optimizer in ("adamw", "muon"):
+            for checkpointing in (False, True):
+                kw = dict(optimizer=optimizer, checkpointing=checkpointing)
+                alone = sharded_estimate(config, 1, "ddp", **kw).total
+                ddp = sharded_estimate(config, 2, "ddp", **kw).total
+                fsdp = [sharded_estimate(config, n, "fsdp", **kw).total for n in SHARDED_GPUS]
+                off = [sharded_estimate(config, n, "fsdp", offload=True, **kw) for n in (1, *SHARDED_GPUS)]
+                window = (sharded_estimate(config, 8, "fsdp", batch=2 * SHARDED_BATCH, **kw).step
+                          - sharded_estimate(config, 8, "fsdp", **kw).step) // SHARDED_BATCH
+                cells = [f"{alone / GB:.2f}", f"{ddp / GB:.2f}", *(f"{t / GB:.2f}" for t in fsdp),
+                         *(f"{e.total / GB:.2f} + {e.offloaded / GB:.1f}" for e in off), f"{window / GB:.2f}"]
+                print(f"| {preset} | {optimizer} | {'on' if checkpointing else 'off'} | {' | '.join(cells)} |")
+    print("\n1 GPU: one process (no gradient buckets); DDP: each of 2 or more processes (the same at any count); "
+          "FSDP N: each of N processes (gradient accumulation adds nothing: every pass reduce-scatters); offload 1: "
+          "--parallel fsdp --cpu-offload in one process.\n")
+
+
+def fit_cell(config: ModelConfig, size: int, checkpointing: bool) -> str:
+    """What fits one preset on GPUs of `size` GB (within ESTIMATE_SHARE, pick_parallel's margin): DDP,
+    FSDP from some GPU count, FSDP with --cpu-offload, or nothing; checked against `parallel_for`."""
+    device = size * GB
+
+    def estimate(n: int, parallel: str, offload: bool = False):
+        return sharded_estimate(config, n, parallel, checkpointing=checkpointing, offload=offload)
+
+    def fits(e) -> bool:
+        return e.total <= ESTIMATE_SHARE * device
+
+    one, ddp = fits(estimate(1, "ddp")), fits(estimate(2, "ddp"))
+    sharded = [n for n in FIT_GPUS[1:] if fits(estimate(n, "fsdp"))]
+    offload = [n for n in FIT_GPUS if fits(estimate(n, "fsdp", offload=True))]  # in one process too
+    for n in FIT_GPUS[1:]:  # --parallel auto picks FSDP exactly where the cell says so
+        expected = "fsdp" if not ddp and n in sharded else "ddp"
+        assert parallel_for(estimate(n, "ddp"), estimate(n, "fsdp"), device) == expected, (config, size, n)
+    if ddp:
+        return "DDP"
+    parts = ["1 GPU"] if one else []
+    if sharded:
+        parts.append(f"FSDP on {sharded[0]}+")
+    if offload and (not sharded or offload[0] < sharded[0]):
+        parts.append(f"offload on {offload[0]}+")
+    return "; ".join(parts) or "no"
+
+
+def fit_table(args: argparse.Namespace) -> None:
+    for checkpointing in (False, True):
+        flag = ", --activation-checkpointing" if checkpointing else ""
+        print(f"### Which preset fits (bf16, AdamW, seq-len {SHARDED_SEQ_LEN}, micro-batch {SHARDED_BATCH}{flag}, "
+              f"vocab {args.vocab}; within {100 * ESTIMATE_SHARE:.0f}% of each GPU's memory)\n")
+        print("| GPU memory | " + " | ".join(FIT_PRESETS) + " |")
+        print("|---|" + "---|" * len(FIT_PRESETS))
+        for size in FIT_SIZES:
+            cells = [fit_cell(model_config(p, SHARDED_SEQ_LEN, args.vocab), size, checkpointing) for p in FIT_PRESETS]
+            print(f"| {size} GB | " + " | ".join(cells) + " |")
+        print()
+    print("DDP: a replica fits, alone on 1 GPU and with DDP on any count. 1 GPU: alone only (DDP's gradient buckets "
+          "do not fit). FSDP on N+: --parallel fsdp on N GPUs or more. offload on N+: --parallel fsdp --cpu-offload. "
+          "no: none of these on up to 8 GPUs. `--parallel auto` picks FSDP on the GPU counts (2 or more) a cell gives "
+          "for FSDP, or for offload when --cpu-offload is given; DDP everywhere else, and always in one process.\n")
+
+
+def gpu_measure_table(args: argparse.Namespace) -> None:
+    """The peak GPU memory of real training steps (bf16, AdamW) of each --gpu-measure preset beside the
+    estimate: in one process the replica and FSDP's CPU offload; under torchrun DDP, FSDP and FSDP with
+    CPU offload."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not torch.cuda.is_available():
+        print("### Measured on GPUs\n")
+        print("No CUDA GPU here: the measured rows need CUDA GPUs, one process per GPU under torchrun "
+              "(in one process, without torchrun, the replica and FSDP's CPU offload are measured):\n")
+        print(f"    torchrun --standalone --nproc_per_node 8 benchmarks/bench_memory.py --no-measure "
+              f"--gpu-measure {','.join(args.gpu_measure)}\n")
+        return
+    # one process: the replica, and FSDP's CPU offload (a group of one); several: DDP, FSDP, FSDP with offload
+    strategies = [("ddp", False)] + ([("fsdp", False), ("fsdp", True)] if world > 1 else [("fsdp", True)])
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:  # each row printed as it is measured: a run stopped early keeps the rows it made
+        print(f"### Measured on GPUs ({world} x {torch.cuda.get_device_name()}, torch {torch.__version__}; bf16, "
+              f"AdamW, seq-len {SHARDED_SEQ_LEN}, micro-batch {SHARDED_BATCH}, vocab {args.vocab}, {args.steps} "
+              "steps; the largest peak over the processes)\n")
+        print("| preset | parallel | checkpointing | measured peak | reserved | estimate | estimate / measured |")
+        print("|---|---|---|---:|---:|---:|---:|", flush=True)
+    for preset in args.gpu_measure:
+        config = model_config(preset, SHARDED_SEQ_LEN, args.vocab)
+        for parallel, offload in strategies:
+            for checkpointing in (False, True):
+                guess = sharded_estimate(config, world, parallel, checkpointing=checkpointing, offload=offload).total
+                peak, reserved = gpu_peak(config, parallel, offload, checkpointing, guess, args)
+                if not main:
+                    continue
+                how = ("one process" if world == 1 and parallel == "ddp" else f"{parallel} x {world}") + (
+                    " + cpu offload" if offload else "")
+                measured = (f"{peak / GB:.2f} GB | {reserved / GB:.2f} GB | {guess / GB:.2f} GB | {guess / peak:.2f}"
+                            if peak else f"not run (estimated {guess / GB:.1f} GB, above the GPU's) | | |")
+                print(f"| {preset} | {how} | {'on' if checkpointing else 'off'} | {measured} |", flush=True)
+    if main:
+        print()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gpu_peak(config: ModelConfig, parallel: str, offload: bool, checkpointing: bool, guess: int,
+             args: argparse.Namespace) -> tuple[int, int]:
+    """(peak allocated, peak reserved) bytes of a few training steps of a fresh model on this process's GPU,
+    the largest over the processes; (0, 0) when the estimate is above the GPU's memory (an out-of-memory
+    process would leave the others waiting in a collective)."""
+    import gc
+
+    import torch.distributed as dist
+
+    from gpt2es_cli.config import TrainConfig
+    from gpt2es_cli.device import Precision
+    from gpt2es_cli.model import GPT2
+    from gpt2es_cli.training.optim import build_optimizer
+    from gpt2es_cli.training.parallel import init_parallel, select_strategy
+
+    train = TrainConfig(device="cuda", amp=True, optimizer="adamw", activation_checkpointing=checkpointing,
+                        seq_len=SHARDED_SEQ_LEN, batch_size=SHARDED_BATCH, parallel=parallel, cpu_offload=offload)
+    joined = init_parallel("cuda")  # torchrun's process group, joined once
+    device = joined.local_device(torch.device("cuda"))
+    if guess > 0.95 * torch.cuda.get_device_properties(device).total_memory:
+        return 0, 0
+    precision = Precision(device, torch.bfloat16)
+    strategy = select_strategy(joined, train, precision)  # as a run does once planned
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    before, reserved_before = torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device)
+    torch.manual_seed(0)  # the same weights in every process, as in a run
+    if strategy.sharded:  # FSDP shards it from the CPU, moving each shard to the GPU
+        model = GPT2(config)
+    else:
+        with torch.device(device):  # made on the GPU: faster than moving it
+            model = GPT2(config)
+    model = strategy.place(model, device).train()
+    model.activation_checkpointing = checkpointing
+    stepped = strategy.wrap(model)
+    optimizer = build_optimizer(model, train)
+    for _ in range(args.steps):
+        x = torch.randint(0, config.vocab_size, (SHARDED_BATCH, SHARDED_SEQ_LEN), device=device)
+        with strategy.gradient_sync(True):
+            with precision.autocast():
+                loss = stepped(x, targets=x)
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize(device)
+    peaks = torch.tensor([torch.cuda.max_memory_allocated(device) - before,
+                          torch.cuda.max_memory_reserved(device) - reserved_before], device=device)
+    del model, stepped, optimizer, loss
+    gc.collect()
+    torch.cuda.empty_cache()
+    if dist.is_initialized():
+        dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+    return int(peaks[0]), int(peaks[1])
+
+
 def lora_estimate(config: ModelConfig, seq_len: int, batch: int, checkpointing: bool, base: torch.dtype | None):
     return estimate_training_memory(config, seq_len, batch, autocast_dtype=torch.bfloat16, device_type="cuda",
                                     activation_checkpointing=checkpointing, lora_rank=LORA_RANK,
@@ -253,6 +455,9 @@ def main() -> None:
     parser.add_argument("--no-measure", action="store_true", help="only the computed GPU table")
     parser.add_argument("--measure", type=lambda v: v.split(","), metavar="PRESETS",
                         help="measure only these presets' rows (comma-separated, e.g. gpt2)")
+    parser.add_argument("--gpu-measure", type=lambda v: v.split(","), metavar="PRESETS",
+                        help="only the rows measured on CUDA GPUs, of these presets (e.g. gpt2-medium,gpt2-xl); "
+                             "under torchrun with DDP and FSDP")
     # The child process's own arguments:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
@@ -265,9 +470,14 @@ def main() -> None:
     if args.child:
         child(args)
         return
+    if args.gpu_measure:
+        gpu_measure_table(args)
+        return
     if not args.no_measure:
         measured_table(args)
     gpu_table(args)
+    sharded_table(args)
+    fit_table(args)
     lora_table(args)
 
 

@@ -10,9 +10,16 @@ On ../shared/corpus/es, with GPT-2's tokenizer from ../shared/gpt2-tokenizer for
 2. Peak RSS (VmHWM: main process, and each worker sampled while it runs) of prepare on the corpus once (1x) and four times (4x: the same files
    read four times by a Source, each copy's documents made distinct so nothing is deduplicated
    away and 4x the tokens are written; nothing is copied on disk). Target: 4x within 1.2x of 1x.
+3. Shards (prepare --shard I/N): the corpus prepared by one process, then as N shards by N processes
+   at once (each on one CPU, RAYON_NUM_THREADS=1, as N machines would each run one), wall clock of
+   each and the speedup; shard 0 alone, which is what each of N machines of its own would take
+   (on a machine with fewer than N free CPUs, the N processes at once share them); then a check
+   that the shards hold the one process's documents token for token (its documents stably sorted
+   by shard, against the shards one after another, per split).
 
-    python benchmarks/bench_prepare.py            # the whole corpus (~6 minutes on 2 cores)
-    python benchmarks/bench_prepare.py --files 12 # a quick check on the first 12 books
+    python benchmarks/bench_prepare.py                         # the whole corpus (~6 minutes on 2 cores)
+    python benchmarks/bench_prepare.py --files 12              # a quick check on the first 12 books
+    python benchmarks/bench_prepare.py --shards-only --files 40 --shards 2   # the shards row alone
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ def corpus_files(n: int | None) -> list[Path]:
 # --- the measured runs (each in its own process) ----------------------------------------------
 
 
-def run_prepare(files: list[Path], out: Path, num_proc: int, copies: int) -> dict:
+def run_prepare(files: list[Path], out: Path, num_proc: int, copies: int, shard: str | None = None) -> dict:
     from gpt2es_cli.config import PrepareConfig
     from gpt2es_cli.data.prepare import prepare
     from gpt2es_cli.data.sources import FilesSource, Source
@@ -67,7 +74,7 @@ def run_prepare(files: list[Path], out: Path, num_proc: int, copies: int) -> dic
 
     sampler = WorkerPeak()
     started = time.perf_counter()
-    result = prepare(Copies(), PrepareConfig(out=out, tokenizer=str(GPT2), num_proc=num_proc, force=True))
+    result = prepare(Copies(), PrepareConfig(out=out, tokenizer=str(GPT2), num_proc=num_proc, force=True, shard=shard))
     seconds = time.perf_counter() - started
     sampler.stop()
     return {
@@ -176,6 +183,9 @@ def run_clm_way(files: list[Path], cache: Path, num_proc: int | None) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     files = corpus_files(args.files)
+    if args.child == "shard":  # into a directory the parent reads afterwards
+        print(json.dumps(run_prepare(files, Path(args.out), 1, 1, shard=args.shard)))
+        return
     work = Path(tempfile.mkdtemp(prefix="bench_prepare_"))
     try:
         if args.child == "prepare":
@@ -208,9 +218,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=None, help="only the first N books (default: all)")
     parser.add_argument("--repeat", type=int, default=2, help="time each method N times, keep the fastest")
-    parser.add_argument("--child", choices=["prepare", "run_clm", "encode_batch", "encode_batch_fast"], help=argparse.SUPPRESS)
+    parser.add_argument("--shards", type=int, default=None, help="N for the shards row (default: one per CPU)")
+    parser.add_argument("--shards-only", action="store_true", help="run the shards row alone")
+    parser.add_argument("--child", choices=["prepare", "run_clm", "encode_batch", "encode_batch_fast", "shard"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--num-proc", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--shard", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -223,6 +238,9 @@ def main() -> None:
     files = corpus_files(args.files)
     mb = sum(f.stat().st_size for f in files) / 1e6
     print(f"corpus: {len(files)} books, {mb:.1f} MB ({CORPUS}); tokenizer: GPT-2 ({GPT2}); {cpus} CPUs")
+    if args.shards_only:
+        shards_row(args.files, args.shards or cpus, mb)
+        return
     print(f"each time: the fastest of {args.repeat} runs, each in a fresh process")
     print(f"{'method':<52}{'seconds':>9}{'MB/s':>8}{'tokens':>13}")
     n = args.repeat
@@ -255,6 +273,65 @@ def main() -> None:
     ratio = four["main_rss_mb"] / one["main_rss_mb"]
     worker_ratio = four["worker_rss_mb"] / max(one["worker_rss_mb"], 1)
     print(f"  4x / 1x: main {ratio:.2f}x, worker {worker_ratio:.2f}x (target <= 1.2x)")
+    shards_row(args.files, args.shards or cpus, mb)
+
+
+def shards_row(files: int | None, count: int, mb: float) -> None:
+    """One process against `count` shards prepared by `count` processes at once, then the check."""
+    work = Path(tempfile.mkdtemp(prefix="bench_shards_"))
+    env = {**__import__("os").environ, "RAYON_NUM_THREADS": "1"}  # one CPU each, as one machine per shard
+    base = [sys.executable, __file__] + (["--files", str(files)] if files else [])
+    try:
+        started = time.perf_counter()
+        out = subprocess.run([*base, "--child", "shard", "--shard", "0/1", "--out", str(work / "one")], env=env,
+                             check=True, capture_output=True, text=True).stdout
+        one = time.perf_counter() - started
+        one_inner = json.loads(out.strip().splitlines()[-1])["seconds"]
+        out = subprocess.run([*base, "--child", "shard", "--shard", f"0/{count}", "--out", str(work / "alone")],
+                             env=env, check=True, capture_output=True, text=True).stdout
+        alone = json.loads(out.strip().splitlines()[-1])["seconds"]  # as on a machine of its own
+        started = time.perf_counter()
+        procs = [subprocess.Popen([*base, "--child", "shard", "--shard", f"{i}/{count}", "--out", str(work / "shards")],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(count)]
+        inner = []
+        for p in procs:
+            stdout, stderr = p.communicate()
+            if p.returncode != 0:
+                sys.exit(f"a shard failed: {stderr[-2000:]}")
+            inner.append(json.loads(stdout.strip().splitlines()[-1])["seconds"])
+        many = time.perf_counter() - started
+        same = shards_equal(work / "one" / "shard-0000-of-0001", work / "shards", count)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("shards (prepare --shard I/N, each process on one CPU, wall clock):")
+    print(f"  1 process:                 {one:>7.1f} s {mb / one:>7.2f} MB/s   (prepare itself {one_inner:.1f} s)")
+    print(f"  {count} shards, {count} processes:   {many:>7.1f} s {mb / many:>7.2f} MB/s   speedup {one / many:.2f}x "
+          f"(prepare itself {min(inner):.1f}-{max(inner):.1f} s a shard)")
+    print(f"  shard 0 of {count} alone:        {alone:>7.1f} s, {alone / one_inner:.0%} of the 1 process's prepare "
+          f"(on {count} machines of their own, each shard's time)")
+    print(f"  the shards hold the 1 process's documents token for token (train and val): {'yes' if same else 'NO'}")
+
+
+def shards_equal(whole: Path, shards: Path, count: int) -> bool:
+    """Whether the shards, one after another, hold `whole`'s documents stably sorted by their shard."""
+    import numpy as np
+
+    from gpt2es_cli.data.clean import digest
+    from gpt2es_cli.data.dataset import PreparedDataset
+    from gpt2es_cli.data.shards import open_dataset
+
+    one, merged = PreparedDataset.open(whole), open_dataset(shards)
+    tok = one.tokenizer()
+    for split in ("train", "val"):
+        tokens = np.asarray(one.tokens(split))
+        docs = np.split(tokens, np.flatnonzero(tokens == tok.eos_id)[:-1] + 1) if len(tokens) else []
+        owner = [digest(tok.decode(d[:-1].tolist()).encode("utf-8")) % count for d in docs]
+        order = sorted(range(len(docs)), key=owner.__getitem__)
+        expected = np.concatenate([docs[i] for i in order]) if docs else tokens
+        parts = [np.asarray(p.tokens(split)) for p in getattr(merged, "parts", [merged])]
+        if not np.array_equal(expected, np.concatenate(parts)):
+            return False
+    return True
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import torch
 
 from gpt2es_cli import hub
 from gpt2es_cli.checkpoint import AdapterRecord, Checkpoint, load_checkpoint
-from gpt2es_cli.data.dataset import PreparedDataset
+from gpt2es_cli.data.shards import is_shard_set, open_dataset
 from gpt2es_cli.errors import CheckpointError, ConfigError, DataError
 from gpt2es_cli.hf import load_hf_checkpoint
 from gpt2es_cli.hub import is_hub_id, split_id, with_revision
@@ -167,8 +167,8 @@ def open_tokenizer(path: str | Path) -> Tokenizer:
     if is_hub_id(path):
         path = hub.snapshot(str(path), hub.TOKENIZER_FILES)
     path = Path(path)
-    if is_dataset(path):
-        return PreparedDataset.open(path).tokenizer()
+    if is_dataset(path) or is_shard_set(path):
+        return open_dataset(path).tokenizer()
     if path.is_file() and path.suffix == ".json":
         return Tokenizer.from_path(path)
     if path.is_dir() and ((path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()):
@@ -224,7 +224,7 @@ def recorded_dataset(checkpoint: Checkpoint) -> Chosen:
             f"{name} does not record the dataset it was trained on: pass --data DATA_DIR or --text FILE_OR_DIR"
         )
     path = Path(recorded)
-    if not is_dataset(path):
+    if not (is_dataset(path) or is_shard_set(path)):
         why = "is no longer there" if not path.exists() else "is no longer a prepared dataset (no meta.json)"
         raise DataError(
             f"{name} was trained on {path}, which {why}: pass --data DATA_DIR or --text FILE_OR_DIR"

@@ -19,6 +19,21 @@ numbers and tensors, so it loads with `torch.load(weights_only=True)` and never 
                       (out_features, rank), the layer's weight being W + (alpha / rank) B @ A
                       (`merge_adapter`; artifacts.open_checkpoint opens the base and merges)
 
+A sharded checkpoint (an fsdp run's last.pth and step copies) is the same file without the
+tensors, `format_version` SHARDED_FORMAT_VERSION, beside a torch.distributed.checkpoint (DCP)
+directory that holds them, every process's part written by that process:
+
+    model             {} (the weights are in the directory, under "model.<name>")
+    training          the training state, its `optimizer` with every tensor left as None (they are
+                      in the directory, under "optimizer.<path>.<in>.<the>.<state_dict>")
+    shards            `Shards` as a dict: the directory's name (beside this file), the weight names,
+                      where the optimizer's tensors go back, the processes that wrote it
+
+A sharded checkpoint loads whole in one process without a process group (`read_shards`), or
+stays on disk for a sharded run to read each process's part, resharded to its process count
+(`read_shards_into`). The directory's metadata is unpickled with an allow-list of
+DCP's own classes (never arbitrary code); its tensors load with weights_only=True.
+
 `load_checkpoint` reads this format only; `TrainingState.from_dict` is the one reader of a
 training state, older layouts included. Whatever else a CHECKPOINT argument may name (a run
 directory, a Hugging Face directory, nothing at all) is resolved in artifacts.py; the Hugging
@@ -29,9 +44,10 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import warnings
 import zipfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +62,11 @@ from gpt2es_cli.model import GPT2, parameter_counts
 from gpt2es_cli.tokenizer import Tokenizer
 
 FORMAT = "gpt2es-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest layout this gpt2es reads: 1, one file; 2, a sharded checkpoint's record beside its DCP directory."""
+SINGLE_FILE_VERSION = 1
+"""What a single-file checkpoint is written as (so that older versions of gpt2es read it)."""
+SHARDED_FORMAT_VERSION = 2
 TRAINING_STATE_VERSION = 2
 """The layout of a training state: 1, before it was versioned (some keys may be missing); 2, every field."""
 
@@ -334,6 +354,15 @@ class Checkpoint:
     weights merged onto its base, the tensors kept in `adapter_state`."""
     adapter_state: dict[str, torch.Tensor] | None = None
     """The adapter's own tensors beside the merged weights (None until merged)."""
+    shards: Shards | None = None
+    """A sharded checkpoint's DCP directory (None: a single file). While `shards.loaded` is False
+    its tensors are on disk only: model_state is empty and the training state's optimizer holds
+    None for each tensor (`load_checkpoint(keep_sharded=True)`, for a sharded run to read its part)."""
+
+    @property
+    def unread_shards(self) -> Shards | None:
+        """The shards whose tensors this checkpoint has not loaded (None: it holds all its tensors)."""
+        return self.shards if self.shards is not None and not self.shards.loaded else None
 
     @property
     def adapter_only(self) -> bool:
@@ -387,10 +416,15 @@ class Checkpoint:
             }
         training = _training_summary(self.training) if self.training else None
         first = next(iter(self.model_state.values()), None)
+        size = _size_on_disk(self.path) if self.path else None
+        if size is not None and self.shards is not None and self.shards.directory.is_dir():
+            size += _size_on_disk(self.shards.directory)
         return {
             "path": str(self.path) if self.path else None,
             "source": self.source,
-            "file_bytes": _size_on_disk(self.path) if self.path else None,
+            "file_bytes": size,
+            "sharded": {"directory": str(self.shards.directory), "world_size": self.shards.world_size}
+            if self.shards is not None else None,
             "format_version": self.format_version,
             "gpt2es_version": self.gpt2es_version,
             "model_config": self.model_config.to_dict(),
@@ -413,16 +447,19 @@ class Checkpoint:
     def to_dict(self) -> dict[str, Any]:
         """The dict saved in the file. A merged adapter checkpoint saves as the full model it is
         (no adapter record); one holding the adapter's tensors alone saves as a LoRA checkpoint."""
+        shards = self.unread_shards
         data = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": SINGLE_FILE_VERSION if shards is None else SHARDED_FORMAT_VERSION,
             "gpt2es_version": __version__,
             "model_config": self.model_config.to_dict(),
-            "model": clean_state_dict(self.model_state),
+            "model": clean_state_dict(self.model_state) if shards is None else {},
             "tokenizer": self.tokenizer_json,
             "training": self.training.to_dict() if self.training is not None else None,
             "extra": self.extra,
         }
+        if shards is not None:  # the record of a sharded checkpoint: its tensors are in the directory
+            data["shards"] = shards.to_dict()
         if self.adapter_only:
             assert self.adapter is not None
             data["adapter"] = self.adapter.to_dict()
@@ -497,9 +534,36 @@ def save_model(
     save_checkpoint(path, ckpt)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load a gpt2es .pth file (for run or Hugging Face directories: artifacts.open_checkpoint)."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    keep_sharded: bool = False) -> Checkpoint:
+    """Load a gpt2es .pth file (for run or Hugging Face directories: artifacts.open_checkpoint).
+
+    A sharded checkpoint's tensors load whole, here, without a process group; with `keep_sharded`
+    they stay on disk (checked to be there and to fit the model) for a sharded run to read its part.
+    A run still training may replace the file while it is read (and delete the shards the old one
+    named): then the new file is read.
+    """
     path = Path(path)
+    for attempt in range(3):
+        stamp = _stamp(path)
+        try:
+            return _read_checkpoint(path, map_location, keep_sharded)
+        except CheckpointError:
+            if attempt == 2 or stamp is None or _stamp(path) == stamp:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What changes when a file is replaced (by an atomic rename) or rewritten."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _read_checkpoint(path: Path, map_location: str | torch.device, keep_sharded: bool) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path")
     if path.is_dir():
@@ -521,7 +585,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         config = ModelConfig.from_dict(data["model_config"])
         adapter = AdapterRecord.from_dict(data["adapter"]) if data.get("adapter") is not None else None
-        if adapter is not None:
+        shards = Shards.from_dict(data["shards"], path) if data.get("shards") is not None else None
+        if shards is not None:
+            problems = shard_problems(config, shards)
+            what = "its shards do not fit its model config"
+        elif adapter is not None:
             problems = adapter_problems(config, adapter, data["model"])
             what = "its adapter's tensors do not fit its rank and model config"
         else:
@@ -534,9 +602,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 f"{problems[0]}{more}; use another checkpoint (a run's last.pth or best.pth)"
             )
         training = data.get("training")
+        model_state = data["model"]
+        if shards is not None and not keep_sharded:
+            optimizer = training.get("optimizer") if isinstance(training, dict) else None
+            model_state, optimizer = read_shards(shards, optimizer)
+            if isinstance(training, dict):
+                training = {**training, "optimizer": optimizer}
+            shards = replace(shards, loaded=True)
         return Checkpoint(
             model_config=config,
-            model_state=data["model"],
+            model_state=model_state,
             tokenizer_json=data.get("tokenizer"),
             training=TrainingState.from_dict(training) if training is not None else None,
             extra=data.get("extra") or {},
@@ -544,9 +619,261 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             format_version=version,
             path=path,
             adapter=adapter,
+            shards=shards,
         )
     except (KeyError, TypeError, Gpt2esError) as e:
         raise CheckpointError(f"{path} is a damaged gpt2es checkpoint ({e})") from None
+
+
+# --- sharded checkpoints (torch.distributed.checkpoint) -------------------------------------------
+MODEL_KEY, OPTIMIZER_KEY = "model", "optimizer"
+"""The prefixes of the weights' and the optimizer state's tensors in a DCP directory."""
+TreePath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Shards:
+    """Where a sharded checkpoint's tensors are, and how they go back into a state."""
+
+    directory: Path
+    """The DCP directory (a sibling of the record file)."""
+    model_keys: tuple[str, ...]
+    """The weights' names (state_dict keys) the directory holds, under "model.<name>"."""
+    optimizer_paths: tuple[TreePath, ...] = ()
+    """Where each tensor of the optimizer's state_dict goes (keys and list indices from its root)."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Weights saved once under another name: {"lm_head.weight": "wte.weight"} for a tied head."""
+    world_size: int = 1
+    """How many processes wrote it (any number can read it)."""
+    loaded: bool = False
+    """Its tensors were read into the Checkpoint that holds this (not only on disk)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"directory": self.directory.name, "model": list(self.model_keys),
+                "optimizer": [list(p) for p in self.optimizer_paths], "aliases": dict(self.aliases),
+                "world_size": self.world_size}
+
+    @classmethod
+    def from_dict(cls, data: Any, record: Path) -> Shards:
+        """Read a record's `shards` (the directory taken beside the record file `record`)."""
+        name = data.get("directory") if isinstance(data, dict) else None
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise CheckpointError("its shards record is damaged: no directory name beside the file")
+        return cls(
+            directory=record.parent / data["directory"],
+            model_keys=tuple(str(k) for k in data["model"]),
+            optimizer_paths=tuple(tuple(p) for p in data.get("optimizer") or ()),
+            aliases={str(k): str(v) for k, v in (data.get("aliases") or {}).items()},
+            world_size=int(data.get("world_size") or 1),
+        )
+
+    def model_key(self, name: str) -> str:
+        return f"{MODEL_KEY}.{name}"
+
+    def optimizer_key(self, path: TreePath) -> str:
+        return ".".join([OPTIMIZER_KEY, *map(str, path)])
+
+    def keys(self) -> list[str]:
+        """Every tensor's key in the directory."""
+        return [self.model_key(k) for k in self.model_keys] + [self.optimizer_key(p) for p in self.optimizer_paths]
+
+
+def split_tensors(tree: Any, path: TreePath = ()) -> tuple[Any, list[TreePath], list[torch.Tensor]]:
+    """`tree` (nested dicts and lists) with every tensor replaced by None, the tensors' paths, the tensors."""
+    if isinstance(tree, torch.Tensor):
+        return None, [path], [tree]
+    paths: list[TreePath] = []
+    tensors: list[torch.Tensor] = []
+    if isinstance(tree, dict):
+        skeleton: Any = {}
+        for key, value in tree.items():
+            skeleton[key], p, t = split_tensors(value, (*path, key))
+            paths += p
+            tensors += t
+        return skeleton, paths, tensors
+    if isinstance(tree, (list, tuple)):
+        items = []
+        for i, value in enumerate(tree):
+            item, p, t = split_tensors(value, (*path, i))
+            items.append(item)
+            paths += p
+            tensors += t
+        return type(tree)(items) if isinstance(tree, list) else tuple(items), paths, tensors
+    return tree, paths, tensors
+
+
+def join_tensors(skeleton: Any, paths: Iterable[TreePath], tensors: Iterable[torch.Tensor]) -> Any:
+    """The inverse of `split_tensors`: a copy of `skeleton` with each tensor put back at its path."""
+    def copy(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: copy(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [copy(v) for v in node]  # lists while filled in; the tuples come back below
+        return node
+
+    tree = copy(skeleton)
+    for path, tensor in zip(paths, tensors, strict=True):
+        node = tree
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = tensor
+    return _tuples_back(tree, skeleton)
+
+
+def _tuples_back(tree: Any, skeleton: Any) -> Any:
+    if isinstance(skeleton, dict):
+        return {k: _tuples_back(tree[k], v) for k, v in skeleton.items()}
+    if isinstance(skeleton, (list, tuple)):
+        items = [_tuples_back(t, v) for t, v in zip(tree, skeleton, strict=True)]
+        return tuple(items) if isinstance(skeleton, tuple) else items
+    return tree
+
+
+def tensor_at(tree: Any, path: TreePath) -> Any:
+    """The value at `path` in nested dicts and lists (None where there is none)."""
+    for key in path:
+        try:
+            tree = tree[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return tree
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles a DCP directory's .metadata (a pickle), allowing DCP's own metadata classes only."""
+
+    MODULES = ("torch.distributed.checkpoint.metadata",)
+    NAMES = frozenset({("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"),
+             ("torch", "Size"), ("collections", "OrderedDict"), ("pathlib", "PosixPath"),
+             ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath")})
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = module in self.MODULES or (module, name) in self.NAMES or (
+            module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))
+        if not allowed:
+            raise CheckpointError(f"its shards' metadata refers to {module}.{name}, which gpt2es does not load")
+        return super().find_class(module, name)
+
+
+def _reader(directory: Path) -> Any:
+    """A DCP reader of `directory` whose metadata is read through `_MetadataUnpickler`."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            with open(directory / ".metadata", "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader(directory)
+
+
+def shard_shapes(shards: Shards) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Each tensor's key in the directory: its whole shape and dtype (from the metadata alone)."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    where = shards.directory
+    if not (where / ".metadata").is_file():
+        raise CheckpointError(
+            f"its shards {where} are missing or incomplete, a save that never finished; use another checkpoint "
+            "of the run: a numbered step-NNNNNNN.pth, or best.pth for its weights"
+        )
+    try:
+        metadata = _reader(where).read_metadata()
+    except CheckpointError:
+        raise
+    except Exception as e:  # a truncated or foreign pickle: anything it raises is one damaged file
+        raise CheckpointError(f"cannot read the metadata of its shards {where} ({first_line(e, 120)})") from None
+    return {key: (tuple(m.size), m.properties.dtype) for key, m in metadata.state_dict_metadata.items()
+            if isinstance(m, TensorStorageMetadata)}
+
+
+def shard_problems(config: ModelConfig, shards: Shards) -> list[str]:
+    """What is wrong with the shards as the weights (and optimizer state) of a GPT2 with `config`."""
+    found = shard_shapes(shards)
+    names = [*shards.model_keys, *shards.aliases]
+    model = {k: torch.empty(found[shards.model_key(k)][0], device="meta", dtype=found[shards.model_key(k)][1])
+             for k in shards.model_keys if shards.model_key(k) in found}
+    model.update({alias: model[target] for alias, target in shards.aliases.items() if target in model})
+    problems = [f"{shards.model_key(k)} is missing from {shards.directory.name}"
+                for k in shards.model_keys if shards.model_key(k) not in found]
+    problems += tensor_problems({k: model[k] for k in names if k in model}, GPT2.state_shapes(config),
+                                "the model", "the config")
+    problems += [f"{shards.optimizer_key(p)} is missing from {shards.directory.name}"
+                 for p in shards.optimizer_paths if shards.optimizer_key(p) not in found]
+    return problems
+
+
+def read_shards(shards: Shards, optimizer: Any = None) -> tuple[dict[str, torch.Tensor], Any]:
+    """A sharded checkpoint's weights and optimizer state whole, on the CPU, read in this process alone
+    (no process group needed, any number of processes wrote it). `optimizer` is the record's
+    optimizer state with None for each tensor; it comes back filled in (None stays None)."""
+    import torch.distributed.checkpoint as dcp
+
+    shapes = shard_shapes(shards)
+    targets = {key: torch.empty(shapes[key][0], dtype=shapes[key][1]) for key in shards.keys()}
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.filterwarnings("ignore", message="torch.distributed is", category=UserWarning)
+            dcp.load(targets, storage_reader=_reader(shards.directory), no_dist=True)
+    except Exception as e:  # a missing or truncated shard file
+        raise CheckpointError(f"cannot read its shards {shards.directory} ({first_line(e, 160)})") from None
+    weights = {k: targets[shards.model_key(k)] for k in shards.model_keys}
+    weights.update({alias: weights[target] for alias, target in shards.aliases.items()})
+    if optimizer is not None:
+        optimizer = join_tensors(optimizer, shards.optimizer_paths,
+                                 [targets[shards.optimizer_key(p)] for p in shards.optimizer_paths])
+    return weights, optimizer
+
+
+def read_shards_into(shards: Shards, targets: dict[str, torch.Tensor]) -> None:
+    """Read the tensors of `shards` into `targets` in place (keys as in `Shards.keys`), every process of a
+    sharded run together: each reads the part of each DTensor it holds, however many processes wrote them."""
+    import torch.distributed.checkpoint as dcp
+
+    missing = sorted(set(targets) - set(shard_shapes(shards)))
+    if missing:
+        raise CheckpointError(f"its shards {shards.directory} lack {missing[0]} (and {len(missing) - 1} more)")
+    try:
+        dcp.load(targets, storage_reader=_reader(shards.directory))
+    except Exception as e:
+        raise CheckpointError(f"cannot read its shards {shards.directory} ({first_line(e, 160)})") from None
+
+
+def write_shards(directory: Path, tensors: dict[str, torch.Tensor], process_group: Any = None,
+                 asynchronous: bool = False) -> Any:
+    """Write `tensors` (each process its part of each DTensor; plain tensors once) as a DCP directory, every
+    process together. Asynchronous: return once they are copied to CPU memory, with a Future that is done
+    when the directory is whole (on the main process: every process's part and the metadata written)."""
+    import torch.distributed.checkpoint as dcp
+
+    if asynchronous:
+        return dcp.async_save(tensors, checkpoint_id=directory, process_group=process_group)
+    dcp.save(tensors, checkpoint_id=directory, process_group=process_group)
+    return None
+
+
+def record_shards(path: str | Path) -> str | None:
+    """The name of the DCP directory a checkpoint file's record points to (None: a single file, or unreadable).
+    Reads no tensor (memory-mapped)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    shards = data.get("shards") if isinstance(data, dict) else None
+    return shards.get("directory") if isinstance(shards, dict) and isinstance(shards.get("directory"), str) else None
+
+
+def consolidate(source: str | Path, out: str | Path) -> Checkpoint:
+    """Write the checkpoint `source` (a sharded one read whole) as one single-file checkpoint `out`
+    (atomically), training state included: it loads and resumes wherever a .pth does. Returns it."""
+    checkpoint = load_checkpoint(source)
+    save_checkpoint(out, checkpoint)  # its shards are loaded: written whole
+    return checkpoint
 
 
 def tensor_problems(state: dict[str, Any], shapes: dict[str, Any], owner: str, implied_by: str) -> list[str]:

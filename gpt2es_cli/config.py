@@ -119,6 +119,8 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd", "onecycle")
 DEFAULT_LR = 6e-4
 """GPT-2's peak learning rate, for --lr when it is not given (and --preset auto does not size the model)."""
 OPTIMIZERS = ("adamw", "muon")
+PARALLEL_CHOICES = ("ddp", "fsdp", "auto")
+"""--parallel: a replica per process, sharded (FSDP2), or fsdp only when a replica would not fit."""
 MODEL_OVERRIDES = ("n_layer", "n_head", "n_embd", "n_positions", "dropout", "position", "rope_theta")
 """TrainConfig fields that override the preset's ModelConfig."""
 
@@ -180,7 +182,8 @@ class TrainConfig:
     the --config file key and the check all come from its declaration (see settings.py)."""
 
     data: str = setting("data/demo", short="-d", panel=DATA)
-    """Prepared dataset directory (from `gpt2es prepare`)."""
+    """Prepared dataset directory (from `gpt2es prepare`), or a directory of its shards (from `prepare --shard`),
+    trained on as one dataset."""
     out: str | None = setting(None, short="-o", panel=DATA, default_text="runs/<dataset name>")
     """Run directory for checkpoints and metrics."""
     seq_len: int | None = setting(None, ge=1, le=1 << 20, panel=DATA, default_text="the model's context")
@@ -287,6 +290,14 @@ class TrainConfig:
     """torch.compile the model (slower to start, faster steps)."""
     activation_checkpointing: bool = setting(False, panel=DEVICE)
     """Recompute each block's activations in the backward pass: far less memory, about a third more compute."""
+    parallel: str = setting("ddp", choices=PARALLEL_CHOICES, panel=DEVICE)
+    """How the processes torchrun starts share the model: ddp (a whole replica in each), fsdp (FSDP2: weights,
+    gradients and optimizer state sharded across them, checkpoints saved sharded) or auto (fsdp when a replica
+    would not fit on the GPU). In one process fsdp runs as a group of one: nothing is sharded, but --cpu-offload
+    and its sharded checkpoints apply."""
+    cpu_offload: bool = setting(False, panel=DEVICE)
+    """With --parallel fsdp: keep the sharded weights, gradients and optimizer state in CPU memory (the optimizer
+    steps there): slower, for models whose training state does not fit on the GPUs."""
     peak_tflops: float | None = setting(None, gt=0, le=1e6, panel=DEVICE, default_text="known GPUs only")
     """Peak TFLOP/s of one device, for MFU."""
     log_interval: int = setting(10, ge=1, le=_BIG, panel=WATCH)
@@ -350,6 +361,11 @@ class TrainConfig:
             problem = lora_targets_problem([n.strip() for n in self.lora_targets.split(",") if n.strip()])
             if problem:
                 found.append(problem)
+        if self.cpu_offload and self.parallel == "ddp":
+            found.append("--cpu-offload offloads the shards of --parallel fsdp: add --parallel fsdp, or drop it")
+        if self.parallel == "fsdp" and self.lora_rank is not None:
+            found.append("--lora-rank trains small adapters on a frozen model, which --parallel fsdp does not shard: "
+                         "use --parallel ddp")
         per_pass = self.batch_size * world_size if isinstance(self.batch_size, int) and self.batch_size > 0 else None
         if isinstance(self.global_batch, int) and self.global_batch > 0 and per_pass and self.global_batch % per_pass:
             fit = max(per_pass, self.global_batch // per_pass * per_pass)
@@ -430,6 +446,25 @@ def parse_weighted(value: str) -> tuple[str, float | None]:
     return name, weight
 
 
+MAX_SHARDS = 9999
+"""The most parts --shard splits a corpus into (shard directories are named with 4 digits)."""
+
+
+def parse_shard(value: str | int, option: str = "--shard") -> str:
+    """'3/8' -> '3/8' (checked: the part I of N, 0 <= I < N <= 9999), for --shard I/N."""
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+)\s*/\s*(\d+)", text)
+    if not m:
+        raise ConfigError(f"{option} {value!r} is not I/N: write e.g. 3/8 (the part 3 of 8, counted from 0)")
+    index, count = int(m.group(1)), int(m.group(2))
+    if not 1 <= count <= MAX_SHARDS or not 0 <= index < count:
+        raise ConfigError(
+            f"{option} {text}: I counts from 0 to N-1 and N from 1 to {MAX_SHARDS} "
+            f"(e.g. --shard $SLURM_ARRAY_TASK_ID/8 with --array=0-7)"
+        )
+    return f"{index}/{count}"
+
+
 TXT_MODES = ("blank", "line", "file")
 FORMATS = ("text", "instructions")
 SOURCE, TOKENIZER, HYGIENE, OUTPUT = "Source", "Tokenizer", "Cleaning and split", "Output"
@@ -499,12 +534,41 @@ class PrepareConfig(Settings):
     """Tokenizer worker processes."""
     force: bool = setting(False, panel=OUTPUT)
     """Replace an existing dataset at --out."""
+    shard: str | None = setting(None, parse=parse_shard, metavar="I/N", panel=OUTPUT, default_text="the whole corpus")
+    """Prepare only part I of N (I counted from 0, as Slurm's $SLURM_ARRAY_TASK_ID with --array=0-7), into
+    --out/shard-000I-of-000N: the documents whose text's fingerprint modulo N is I. Run it once for each I (on
+    as many machines), with a fixed --tokenizer; `gpt2es train -d OUT` trains on the N parts as one dataset."""
 
     def __post_init__(self) -> None:
         if isinstance(self.dataset, str):  # PrepareConfig(dataset="books/"): one source
             object.__setattr__(self, "dataset", (self.dataset,))
         elif isinstance(self.dataset, list):  # PrepareConfig(dataset=["a/", "b/"]) from Python
             object.__setattr__(self, "dataset", tuple(self.dataset))
+
+    def problems(self) -> list[str]:
+        """Every problem with these settings (fields, then the rules of --shard)."""
+        found = field_problems(self)
+        if isinstance(self.shard, str):
+            try:
+                parse_shard(self.shard)
+            except ConfigError as e:
+                found.append(str(e))
+            if self.tokenizer == "train":
+                found.append(
+                    "--shard needs a fixed --tokenizer, the same for every shard: train one once on a sample "
+                    "(gpt2es prepare -d SRC --max-bytes 100MB -o data/tok), then pass --tokenizer data/tok"
+                )
+            if self.format != "text":
+                found.append("--shard prepares text datasets: prepare --format instructions in one run, without it")
+        return found
+
+    @property
+    def shard_parts(self) -> tuple[int, int] | None:
+        """--shard as (index, count), or None for the whole corpus."""
+        if self.shard is None:
+            return None
+        index, count = parse_shard(self.shard).split("/")
+        return int(index), int(count)
 
     @property
     def output_dir(self) -> Path:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpt2es_cli.data.dataset import PreparedDataset
+from gpt2es_cli.data.shards import open_dataset
 from gpt2es_cli.errors import DataError
 from gpt2es_cli.model import GPT2
 from gpt2es_cli.tokenizer import Tokenizer
@@ -265,8 +265,8 @@ class EvalText:
 
     @classmethod
     def from_dataset(cls, path: str | Path, split: str = "val", max_tokens: int | None = None) -> EvalText:
-        """A split (train or val) of a prepared dataset."""
-        dataset = PreparedDataset.open(path)
+        """A split (train or val) of a prepared dataset, or of a directory of shards (all of them, in order)."""
+        dataset = open_dataset(path)
         if split not in ("train", "val"):
             raise DataError(f"--split must be train or val (got {split!r})")
         label = f"{path} ({split}{', answers only' if dataset.masked else ''})"

@@ -120,3 +120,23 @@ def test_reading_windows_does_not_map_the_file_into_memory(tmp_path):
     if maps.exists():
         assert str(path) not in maps.read_text()
     windows.close()
+
+
+def test_token_windows_read_several_files_as_one(tmp_path):
+    # A corpus in shards: windows that cross from one file into the next are read from both.
+    files = []
+    for i, (lo, hi) in enumerate(((0, 30), (30, 31), (31, 75))):
+        path = tmp_path / f"{i}.bin"
+        np.arange(lo, hi, dtype=np.uint16).tofile(path)
+        files.append((path, None))
+    (tmp_path / "empty.bin").write_bytes(b"")
+    windows = TokenWindows([files[0], (tmp_path / "empty.bin", None), *files[1:]], np.uint16, seq_len=8)
+    assert windows.num_tokens == 75
+    starts = np.array([0, 25, 29, 30, 66])
+    x, y = windows.batch(starts)
+    for row, start in zip(x.tolist(), starts.tolist(), strict=True):
+        assert row == list(range(start, start + 8))
+    assert y[1].tolist() == list(range(26, 34))  # three files in one window
+    with pytest.raises(DataError, match="past the end"):
+        windows.batch(np.array([67]))
+    windows.close()

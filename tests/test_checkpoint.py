@@ -208,3 +208,47 @@ def test_a_training_state_from_a_newer_gpt2es_is_refused(tmp_path, tiny_model, t
     torch.save(data, path)
     with pytest.raises(CheckpointError, match="upgrade with pip install -U gpt2es"):
         load_checkpoint(path)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_a_sharded_checkpoint_reads_whole_and_its_metadata_never_runs_code(tmp_path, tiny_model, tiny_config,
+                                                                          tiny_tokenizer):
+    import warnings
+
+    from gpt2es_cli.checkpoint import Shards, split_tensors, write_shards
+
+    # The record beside its DCP directory, as a sharded run writes them (here by one process, no group).
+    weights = {k: v.detach().clone() for k, v in tiny_model.state_dict().items()}
+    optimizer = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, 3)}}, "param_groups": [
+        {"lr": 0.1, "betas": (0.9, 0.95), "params": [0]}]}
+    skeleton, paths, tensors = split_tensors(optimizer)
+    shards = Shards(tmp_path / "step-0000003.dcp", tuple(k for k in weights if k != "lm_head.weight"),
+                    tuple(paths), {"lm_head.weight": "wte.weight"}, world_size=1)
+    every = {shards.model_key(k): weights[k] for k in shards.model_keys}
+    every.update({shards.optimizer_key(p): t for p, t in zip(paths, tensors)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        write_shards(shards.directory, every)
+    training = TrainingState(step=3, config={"lr": 0.1}, optimizer=skeleton)
+    record = Checkpoint(tiny_config, {}, tiny_tokenizer.to_json(), training=training, shards=shards)
+    save_checkpoint(tmp_path / "last.pth", record)
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["format_version"] == FORMAT_VERSION == 2
+
+    whole = load_checkpoint(tmp_path / "last.pth")
+    assert whole.shards.loaded and whole.unread_shards is None
+    for key, value in weights.items():
+        torch.testing.assert_close(whole.model_state[key], value, rtol=0, atol=0)
+    assert whole.training.optimizer["param_groups"][0]["betas"] == (0.9, 0.95)
+    torch.testing.assert_close(whole.training.optimizer["state"][0]["exp_avg"], torch.ones(2, 3))
+    kept = load_checkpoint(tmp_path / "last.pth", keep_sharded=True)
+    assert kept.model_state == {} and kept.unread_shards is not None and kept.training.resumable
+
+    # Metadata that would run code is refused before anything is unpickled from it.
+    (shards.directory / ".metadata").write_bytes(pickle.dumps(_RunsCode()))
+    with pytest.raises(CheckpointError, match="does not load"):
+        load_checkpoint(tmp_path / "last.pth")

@@ -3,6 +3,7 @@
 
 import os
 from dataclasses import replace
+from types import SimpleNamespace
 
 import conftest
 import pytest
@@ -22,13 +23,16 @@ from gpt2es_cli.training.memory import (
     choose_batch_size,
     estimate_training_memory,
     parameter_count,
+    pick_parallel,
     probe_sizes,
+    sharding_options,
     system_available_memory,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 GB = 2**30
 GPT2_SMALL = ModelConfig.from_preset("gpt2")
+GPT2_XL = ModelConfig.from_preset("gpt2-xl")
 
 
 def estimate(config=GPT2_SMALL, seq_len=1024, batch=4, **kw):
@@ -71,6 +75,69 @@ def test_estimate_parts():
     assert ddp.gradients == 2 * cuda.gradients  # DDP's buckets
     cpu = estimate(device_type="cpu")
     assert cpu.rollback > 12 * params and cpu.total >= cpu.between_steps
+
+
+# --- sharded (FSDP) and --parallel auto ------------------------------------------------------
+
+
+def test_a_sharded_step_divides_the_state_by_the_processes():
+    kw = dict(device_type="cuda", autocast_dtype=torch.bfloat16, batch=1)
+    params = parameter_count(GPT2_XL)[0]
+    replica = estimate(GPT2_XL, world_size=2, **kw)
+    sharded = {n: estimate(GPT2_XL, world_size=n, parallel="fsdp", **kw) for n in (2, 4, 8)}
+    totals = [sharded[n].total for n in (2, 4, 8)]
+    assert totals == sorted(totals, reverse=True) and len(set(totals)) == 3 and totals[0] < replica.total / 2
+    for n, e in sharded.items():
+        assert e.weights == e.gradients == 4 * params // n and e.optimizer == 8 * params // n
+        assert e.activations == replica.activations and e.workspace == replica.workspace
+        assert e.autocast_copies == 0 and e.gathered == sharded[2].gathered > 0  # what is gathered is whole
+    offloaded = estimate(GPT2_XL, world_size=4, parallel="fsdp", cpu_offload=True, **kw)
+    assert offloaded.weights == offloaded.gradients == offloaded.optimizer == 0
+    assert offloaded.offloaded == 2 * (4 * params // 4) + 8 * params // 4 and offloaded.total < sharded[4].total
+    muon = estimate(GPT2_XL, world_size=4, parallel="fsdp", optimizer="muon", **kw)
+    assert muon.optimizer < sharded[4].optimizer and muon.optimizer_work > 0 and replica.optimizer_work == 0
+    assert muon.step > muon.optimizer_step  # the gathered matrix is far smaller than the activations
+    with pytest.raises(ConfigError, match="unknown parallel strategy 'zero3'"):
+        estimate(parallel="zero3")
+
+
+def test_what_a_sharded_process_gathers_is_the_models_blocks_and_root():
+    config = ModelConfig.from_preset("tiny", vocab_size=1000)
+    model = GPT2(config)
+    block = sum(p.numel() for p in model.h[0].parameters())
+    root = model.num_parameters() - config.n_layer * block
+    e = estimate(config, 64, 2, device_type="cuda", autocast_dtype=torch.bfloat16, world_size=2, parallel="fsdp")
+    # bf16: the root and three blocks' weights, one block's gradients (bf16, fp32, and the previous one's fp32)
+    assert e.gathered == 2 * (root + 3 * block) + (2 + 2 * 4) * block
+
+
+def fake_gpu(monkeypatch, gigabytes):
+    """A CUDA device of that much memory, bf16 under --amp."""
+    monkeypatch.setattr(memory, "select_precision", lambda *a: Precision(torch.device("cuda", 0), torch.bfloat16))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=gigabytes * GB))
+
+
+def test_parallel_auto_shards_only_what_a_replica_cannot_hold(monkeypatch):
+    cuda = torch.device("cuda", 0)
+    xl = TrainConfig(parallel="auto", amp=True, seq_len=1024, batch_size=1)
+    for device in (torch.device("cpu"), torch.device("mps")):  # never on the CPU or MPS
+        assert pick_parallel(GPT2_XL, xl, 8, device) == "ddp"
+    fake_gpu(monkeypatch, 24)  # a replica of gpt2-xl: ~36 GB; sharded over 2: ~16 GB
+    assert pick_parallel(GPT2_XL, xl, 2, cuda) == "fsdp"
+    assert pick_parallel(GPT2_XL, replace(xl, batch_size="auto"), 2, cuda) == "fsdp"  # judged at one window
+    assert pick_parallel(GPT2_XL, xl, 1, cuda) == "ddp"  # one process
+    assert pick_parallel(GPT2_SMALL, xl, 8, cuda) == "ddp"  # a replica fits: DDP is faster
+    assert pick_parallel(GPT2_XL, replace(xl, batch_size=16), 2, cuda) == "ddp"  # neither fits
+    assert sharding_options(xl, GPT2_XL, 2, cuda) == {"parallel": "fsdp", "cpu_offload": False}
+    accumulating = replace(xl, global_batch=8)  # 4 passes a step, each reduce-scattering: the same share
+    assert pick_parallel(GPT2_XL, accumulating, 2, cuda) == "fsdp"
+    assert sharding_options(TrainConfig(parallel="ddp"), GPT2_XL, 2, cuda) == {}
+    fake_gpu(monkeypatch, 8)
+    assert pick_parallel(GPT2_XL, xl, 2, cuda) == "ddp"  # 16 GB of shards do not fit 8 GB...
+    assert pick_parallel(GPT2_XL, TrainConfig(parallel="auto", amp=True, seq_len=1024, batch_size=1, cpu_offload=True),
+                         2, cuda) == "fsdp"  # ...but offloaded to the CPU they do
+    fake_gpu(monkeypatch, 80)
+    assert pick_parallel(GPT2_XL, xl, 8, cuda) == "ddp"
 
 
 def _saved_bytes(config, batch, seq_len, autocast_dtype, checkpointing):
@@ -234,6 +301,31 @@ def test_auto_on_cuda_takes_the_probe(monkeypatch):
     monkeypatch.setattr(memory, "_probe_cuda", lambda *a: {})
     with pytest.raises(ConfigError, match="one window of 512 tokens does not fit"):
         choose_batch_size(config, GPT2_SMALL, 512, train_tokens=10**9)
+
+
+def test_auto_batch_of_a_sharded_run_is_estimated_not_probed(monkeypatch):
+    """A replica probed alone may not fit where the shards do: under fsdp the estimate decides."""
+    fake_gpu(monkeypatch, 24)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 20 * GB)
+    monkeypatch.setattr(memory, "_probe_cuda", lambda *a, **k: pytest.fail("a sharded run was probed as a replica"))
+    sharded = dict(device_type="cuda", autocast_dtype=torch.bfloat16, world_size=4, parallel="fsdp",
+                   optimizer=TrainConfig().optimizer)
+    for parallel in ("fsdp", "auto"):
+        choice = choose_batch_size(TrainConfig(batch_size="auto", amp=True, parallel=parallel), GPT2_XL, 1024,
+                                   train_tokens=10**9, world_size=4)
+        assert choice.method == "estimate" and choice.limit == "memory" and choice.fits and choice.available == 20 * GB
+        b = choice.batch_size
+        assert choice.needed == estimate(GPT2_XL, batch=b, **sharded).total <= memory.ESTIMATE_SHARE * 20 * GB
+        assert estimate(GPT2_XL, batch=2 * b, **sharded).total > memory.ESTIMATE_SHARE * 20 * GB
+
+
+def test_a_given_batch_is_checked_against_a_sharded_runs_share(monkeypatch):
+    from gpt2es_cli.training.plan import _check_batch_fits
+
+    fake_gpu(monkeypatch, 24)
+    _check_batch_fits(TrainConfig(batch_size=1, amp=True, parallel="fsdp"), GPT2_XL, 1024, world_size=2)
+    with pytest.raises(ConfigError, match="needs about 3[0-9].[0-9] GB for a training step, more than the cuda:0"):
+        _check_batch_fits(TrainConfig(batch_size=1, amp=True, parallel="ddp"), GPT2_XL, 1024, world_size=2)
 
 
 # --- in a run ---------------------------------------------------------------------------------

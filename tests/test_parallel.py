@@ -135,3 +135,34 @@ def test_the_loop_does_not_know_how_it_is_parallelised():
     source = loop.read_text(encoding="utf-8")
     for word in ("DistributedDataParallel", "no_sync", "ddp", "is_initialized"):
         assert word not in source, word
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_fsdp_in_a_one_process_group_shards_and_steps_like_the_plain_model(one_process_group, model, batch):
+    from torch.distributed.tensor import DTensor
+
+    from gpt2es_cli.training.parallel import FSDP
+
+    x, y = batch
+    reference = GPT2(model.config)
+    reference.load_state_dict(model.state_dict())
+    parallel = FSDP(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    assert parallel.sharded and parallel.place(model, torch.device("cpu")) is model
+    wrapped = parallel.wrap(model)
+    assert isinstance(model.wte.weight, DTensor) and model.lm_head.weight is model.wte.weight  # tied, one group
+    with parallel.evaluating(), torch.no_grad():  # before any training pass, and forward passes without gathers
+        torch.testing.assert_close(parallel.eval_loss(x, y), reference(x, targets=y, reduction="sum"))
+        torch.testing.assert_close(model(x[:1]), reference(x[:1]))
+    for sync, half in ((False, slice(0, 1)), (True, slice(1, 2))):
+        with parallel.gradient_sync(sync):
+            (cross_entropy(wrapped(x[half]), y[half]) / 2).backward()
+        (cross_entropy(reference(x[half]), y[half]) / 2).backward()
+    alone = SingleProcess()
+    alone.wrap(reference)
+    assert parallel.clip_grad_norm(1e-3) == pytest.approx(alone.clip_grad_norm(1e-3), rel=1e-5)
+    sharded = {k: p.grad.full_tensor() for k, p in model.named_parameters()}
+    torch.testing.assert_close(sharded, gradients(reference))  # accumulated and clipped alike
+    full = parallel.model_state_dict(full=True)
+    assert full.keys() == reference.state_dict().keys() and not any(isinstance(v, DTensor) for v in full.values())
+    assert all(isinstance(v, DTensor) for v in parallel.model_state_dict().values())
+    parallel.shutdown()

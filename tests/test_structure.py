@@ -150,7 +150,7 @@ COMMANDS = {
     "eval": ([(EvalConfig, None), (InferenceConfig, ("device", "dtype", "quantize", "revision"))],
              {"checkpoints", "data", "text", "json_output"}),
     "export": ([(InferenceConfig, ("dtype", "revision"))],
-               {"checkpoint", "out_dir", "force", "tokenizer", "push_to_hub", "private", "merge"}),
+               {"checkpoint", "out_dir", "force", "tokenizer", "push_to_hub", "private", "merge", "consolidate"}),
     "inspect": ([(InspectConfig, None), (InferenceConfig, ("revision",))],
                 {"target", "tokenizer", "verify", "attention", "image", "json_output"}),
     "serve": ([(ServeConfig, None), (InferenceConfig, ("device", "dtype", "quantize", "revision"))], {"checkpoint"}),

@@ -1,4 +1,4 @@
-"""`gpt2es export [CHECKPOINT] OUT_DIR`."""
+"""`gpt2es export [CHECKPOINT] OUT_DIR`, and `gpt2es export CHECKPOINT --consolidate FILE`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from gpt2es_cli.cli.options import settings_options
 from gpt2es_cli.config import InferenceConfig, ModelConfig
 
 
-@command("export", epilog='Examples:\n\n  gpt2es export demo-hf\n\n  gpt2es export runs/demo/best.pth demo-hf --dtype bf16\n\n  gpt2es export runs/demo demo-hf --push-to-hub you/gpt2es-demo\n\n  gpt2es export runs/lora lora-adapter\n\n  gpt2es export runs/lora lora-merged --merge')
+@command("export", epilog='Examples:\n\n  gpt2es export demo-hf\n\n  gpt2es export runs/demo/best.pth demo-hf --dtype bf16\n\n  gpt2es export runs/demo demo-hf --push-to-hub you/gpt2es-demo\n\n  gpt2es export runs/lora lora-adapter\n\n  gpt2es export runs/lora lora-merged --merge\n\n  gpt2es export runs/big --consolidate big.pth')
 @settings_options(InferenceConfig, into="inference", only=("dtype", "revision"))
 def export(
     inference: dict[str, Any],
@@ -59,11 +59,19 @@ def export(
         typer.Option("--merge", metavar="", help="For a LoRA run: merge the adapter into its base and export the "
                      "whole model, instead of a peft adapter directory."),
     ] = False,
+    consolidate: Annotated[
+        Path | None,
+        typer.Option("--consolidate", metavar="FILE",
+                     help="Instead of a Hugging Face export, write CHECKPOINT as one gpt2es .pth file: a sharded "
+                     "checkpoint (train --parallel fsdp) read whole, training state included, so it samples, "
+                     "evaluates and resumes anywhere. A run directory means its last.pth."),
+    ] = None,
 ) -> None:
     """Export a checkpoint as a Hugging Face GPT-2 (transformers' AutoModelForCausalLM).
 
     `gpt2es export CHECKPOINT OUT_DIR` exports CHECKPOINT into OUT_DIR; `gpt2es export OUT_DIR` exports the newest run's checkpoint under runs/.
     A LoRA run (train --lora-rank) exports as a peft adapter directory for its base's export; with --merge, as the whole model with the adapter merged in.
+    `gpt2es export CHECKPOINT --consolidate FILE` writes a sharded checkpoint (train --parallel fsdp) as one .pth file.
     """
     from gpt2es_cli.artifacts import checkpoint_or_default, checkpoint_path, open_checkpoint
     from gpt2es_cli.checkpoint import load_checkpoint
@@ -72,6 +80,9 @@ def export(
     from gpt2es_cli.inference import check_export_dtype, export_dtype
     from gpt2es_cli.tokenizer import Tokenizer
 
+    if consolidate is not None:
+        consolidate_checkpoint(checkpoint, out_dir, consolidate, force)
+        return
     settings = InferenceConfig.from_dict(inference)
     check_export_dtype(settings)  # before any file is read
     if push_to_hub is not None:
@@ -110,6 +121,26 @@ def export(
 
         url = push_folder(written, push_to_hub, private=private, message=f"Export of {path} by gpt2es")
         console.print(f"uploaded to {escape(url)}")
+
+
+def consolidate_checkpoint(checkpoint: Path | None, extra: Path | None, out: Path, force: bool) -> None:
+    """`--consolidate FILE`: CHECKPOINT (a run directory: its last.pth) written whole as FILE."""
+    from gpt2es_cli.artifacts import checkpoint_path
+    from gpt2es_cli.checkpoint import consolidate
+    from gpt2es_cli.errors import ConfigError
+
+    if checkpoint is None or extra is not None:
+        raise ConfigError("--consolidate FILE takes the CHECKPOINT alone: gpt2es export RUN_OR_CHECKPOINT --consolidate FILE")
+    source = checkpoint / "last.pth" if (checkpoint / "last.pth").is_file() else checkpoint_path(checkpoint)
+    if source.is_dir():
+        raise ConfigError(f"{checkpoint} is a Hugging Face directory, which is one model already: nothing to consolidate")
+    if out.is_dir() or (out.exists() and not force):
+        raise ConfigError(f"{out} already exists: choose another file, or pass --force to replace it")
+    if out.resolve() == source.resolve():
+        raise ConfigError(f"--consolidate {out} would replace the checkpoint it reads: choose another file")
+    written = consolidate(source, out)
+    what = "weights, tokenizer and training state" if written.training is not None else "weights and tokenizer"
+    console.print(f"consolidated {escape(str(source))} -> {escape(str(out))} ({fmt.size(out.stat().st_size)}: {what})")
 
 
 def render_files(out_dir: Path, dtype: str) -> None:

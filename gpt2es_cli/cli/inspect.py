@@ -18,14 +18,15 @@ from gpt2es_cli.cli import fmt
 from gpt2es_cli.cli.app import command, console, note, warn
 from gpt2es_cli.cli.options import settings_options
 from gpt2es_cli.config import InferenceConfig, InspectConfig
+from gpt2es_cli.data.shards import is_shard_set
 from gpt2es_cli.errors import ConfigError, DataError
 from gpt2es_cli.hub import is_hub_id
 from gpt2es_cli.tokenizer import Tokenizer
 
 TARGET_HELP = (
     "A gpt2es checkpoint (.pth), a run directory, a local Hugging Face GPT-2 directory, "
-    "or a dataset directory written by `gpt2es prepare`. Default: the newest run's best.pth "
-    "(else last.pth) under runs/."
+    "a dataset directory written by `gpt2es prepare`, or a directory of its shards (`prepare --shard`). "
+    "Default: the newest run's best.pth (else last.pth) under runs/."
 )
 ATTENTION_IMAGE = Path("attention.png")
 """Where --attention draws unless --image says otherwise (in the working directory)."""
@@ -87,7 +88,7 @@ def inspect(
         else:
             render_tokens(view)
         return
-    if is_dataset(path):
+    if is_dataset(path) or is_shard_set(path):
         from gpt2es_cli.cli.render_data import render_dataset_summary
         from gpt2es_cli.data.summary import describe_dataset
 
@@ -343,6 +344,8 @@ def render_checkpoint(s: dict[str, Any]) -> None:
                 "path": s["path"],
                 "source": s["source"],
                 "file size": fmt.size(s["file_bytes"]),
+                **({"sharded": f"{s['sharded']['directory']} (by {s['sharded']['world_size']} processes)"}
+                   if s.get("sharded") else {}),
                 "format version": str(s["format_version"]),
                 "written by": f"gpt2es {s['gpt2es_version']}" if s["source"] == "gpt2es" else s["source"],
                 "weights dtype": s["dtype"],

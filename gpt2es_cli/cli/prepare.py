@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -32,6 +33,7 @@ from gpt2es_cli.data.instructions import prepare_instructions
 from gpt2es_cli.data.mixture import open_sources
 from gpt2es_cli.data.passes import PrepareProgress
 from gpt2es_cli.data.prepare import PrepareResult, prepare
+from gpt2es_cli.data.shards import shard_set_state
 
 PHASES = {"sample": "tokenizer sample", "train": "tokenizer training", "tokenize": "tokenizing"}
 
@@ -119,6 +121,22 @@ def render_result(result: PrepareResult) -> None:
     for table in (mixture_table(meta), instructions_table(meta), hygiene_table(meta), fertility_table(meta)):
         if table is not None:
             console.print(table)
+    if meta.get("shard"):
+        render_shard_state(result)
+
+
+def render_shard_state(result: PrepareResult) -> None:
+    """After one shard: how many of the corpus's shards are ready, and what to run next."""
+    shard, parent = result.meta["shard"], result.path.parent
+    state = shard_set_state(parent, shard["count"])
+    where = escape(str(parent))
+    console.print(f"shard {shard['index']} of {shard['count']} (counted from 0): {len(state.present)} of "
+                  f"{state.count} shards of {where} are ready")
+    if state.missing:
+        shown = ", ".join(map(str, state.missing[:8])) + (" ..." if len(state.missing) > 8 else "")
+        console.print(f"still to prepare (or being prepared): {shown}; then: gpt2es train -d {where}")
+    else:
+        console.print(f"next: gpt2es train -d {where}")
 
 
 @command("prepare", epilog='Examples:\n\n  gpt2es prepare\n\n  gpt2es prepare --dataset oscar --max-bytes 2GB\n\n  gpt2es prepare -d libros/ --txt-mode file -o data/libros\n\n  gpt2es prepare --format instructions -d alpaca_es.jsonl --tokenizer runs/demo')

@@ -66,6 +66,22 @@ def splits_table(meta: dict[str, Any]) -> Table:
     return table
 
 
+def shards_table(shards: list[dict[str, Any]] | None) -> Table | None:
+    """Per shard of a corpus prepared in shards: documents and tokens of each split, and MB of both."""
+    if not shards:
+        return None
+    table = Table(title="Shards (read one after another)", title_justify="left",
+                  caption=f"directories {escape(str(shards[0]['name']))} ... {escape(str(shards[-1]['name']))}",
+                  caption_justify="left")
+    for name in ("shard", "train docs", "train tokens", "val docs", "val tokens", "MB"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for i, shard in enumerate(shards):
+        train, val = shard["splits"]["train"], shard["splits"]["val"]
+        table.add_row(str(i), f"{train['documents']:,}", f"{train['tokens']:,}", f"{val['documents']:,}",
+                      f"{val['tokens']:,}", fmt.megabytes(train["bytes"] + val["bytes"]))
+    return table
+
+
 def hygiene_table(meta: dict[str, Any]) -> Table | None:
     """What text hygiene did (prepare's counts)."""
     hygiene = meta.get("hygiene")
@@ -169,6 +185,10 @@ def dataset_table(summary: DatasetSummary) -> Table:
     }
     if tok.get("origin") == "trained":
         items["tokenizer trained on"] = f"{tok['trained_on_documents']:,} documents, {fmt.megabytes(tok['trained_on_bytes'])} MB"
+    if meta.get("shards"):
+        items["shards"] = f"{meta['shards']['count']}, trained on as one dataset (gpt2es train -d {summary.path})"
+    elif meta.get("shard"):
+        items["shard"] = f"{meta['shard']['index']} of {meta['shard']['count']} (counted from 0)"
     if meta.get("loss_mask"):
         scored = sum(s.get("scored_tokens", 0) for s in meta["splits"].values())
         total = sum(s["tokens"] for s in meta["splits"].values()) or 1
@@ -218,6 +238,7 @@ def render_dataset_summary(summary: DatasetSummary, console: Console) -> None:
     """Print everything `gpt2es inspect DATA_DIR` shows."""
     meta = summary.meta
     parts: list[Any] = [dataset_table(summary), splits_table(meta), lengths_table(summary)]
+    parts += [t for t in (shards_table(summary.shards),) if t is not None]
     parts += [t for t in (mixture_table(meta), instructions_table(meta), fertility_table(meta), hygiene_table(meta))
               if t is not None]
     if meta.get("source"):

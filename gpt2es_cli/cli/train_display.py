@@ -22,8 +22,10 @@ from gpt2es_cli.cli.app import console, err_console, fail, warn
 from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.errors import Gpt2esError
 from gpt2es_cli.training import (
+    AutoResume,
     Event,
     Recovery,
+    RunFinished,
     Saved,
     StepReport,
     TrainStart,
@@ -209,6 +211,8 @@ class TrainDisplay:
         what = f"resuming at step {s.start_step}" if s.start_step else "new run"
         init = f", from {c.init_from}" if c.init_from else ""
         procs = f" x {s.world_size} processes" if s.world_size > 1 else ""
+        if c.parallel == "fsdp":  # auto is resolved by the time the run starts
+            procs += f" sharded (FSDP{', CPU offload' if c.cpu_offload else ''})"
         accumulation = f"{s.accum_steps} accumulation step{'s' if s.accum_steps != 1 else ''}"
         return (  # short lines: each fits 80 columns but for long paths and the auto choices below
             f"[bold]gpt2es train[/] -> {escape(str(s.run_dir))} ({what}{escape(init)})\n"
@@ -297,6 +301,22 @@ def _render_summary(s: TrainSummary, log_to: str = "") -> None:
     else:
         sample_from = s.best_checkpoint or s.last_checkpoint
         console.print(f"sample with: gpt2es sample {escape(str(sample_from))}", soft_wrap=True)
+
+
+def show_auto_resume(found: AutoResume) -> None:
+    """The newer checkpoints --resume auto passed over, and the one it resumes instead (main process only)."""
+    if not is_main_process() or not found.passed_over:
+        return
+    for reason in found.passed_over:
+        warn(f"passed over: {reason}")
+    if found.checkpoint is not None:
+        warn(f"resuming from {found.checkpoint.path}, the newest checkpoint that loads")
+
+
+def show_finished(finished: RunFinished) -> None:
+    """--resume auto of a run that has trained its whole budget: said once, and no failure."""
+    if is_main_process():
+        console.print(f"nothing to train: {escape(str(finished))}", soft_wrap=True)
 
 
 def run_training(config: TrainConfig, checkpoint: Checkpoint | None, force: bool) -> None:

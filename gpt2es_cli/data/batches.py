@@ -16,7 +16,11 @@ loss skips, so only the answers are learned and counted.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -24,6 +28,9 @@ import torch
 from gpt2es_cli.data.dataset import MASK_DTYPE, PreparedDataset
 from gpt2es_cli.errors import DataError
 from gpt2es_cli.loss import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from gpt2es_cli.data.shards import MergedDataset
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -155,45 +162,79 @@ class TokenWindows:
     window maps megabytes, and a long run ends up with much of the file in its RSS.) With a loss
     mask (`mask_path`), the same window of the mask is read beside it and the targets it does not
     score become IGNORE_INDEX.
+
+    A split in several files (a corpus prepared in shards: data/shards.py) is read as the files one
+    after another: a window that crosses from one into the next is read from both.
     """
 
-    def __init__(self, path: str | Path, dtype: np.dtype | str, seq_len: int, mask_path: str | Path | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | Sequence[tuple[Path, Path | None]], dtype: np.dtype | str, seq_len: int,
+                 mask_path: str | Path | None = None):
+        """`path`: a token file (with `mask_path`, its loss mask), or a list of (token file, mask file or None)."""
+        files = [(Path(path), None if mask_path is None else Path(mask_path))] if isinstance(path, (str, Path)) else [
+            (Path(p), None if m is None else Path(m)) for p, m in path]
         self.dtype = np.dtype(dtype)
         self.seq_len = seq_len
-        self.num_tokens = self.path.stat().st_size // self.dtype.itemsize
-        self._file = open(self.path, "rb", buffering=0)  # closed by close()
-        self.mask_path = None if mask_path is None else Path(mask_path)
-        self._mask = None if self.mask_path is None else open(self.mask_path, "rb", buffering=0)
+        self.path, self.mask_path = files[0]
+        self._parts: list[_Part] = []
+        offset = 0
+        try:
+            for token_path, mask in files:
+                tokens = token_path.stat().st_size // self.dtype.itemsize
+                part = _Part(token_path, offset, tokens, open(token_path, "rb", buffering=0),  # closed by close()
+                             mask, None if mask is None else open(mask, "rb", buffering=0))
+                self._parts.append(part)
+                offset += tokens
+        except BaseException:
+            self.close()
+            raise
+        if len({p.mask is None for p in self._parts}) > 1:
+            self.close()
+            raise DataError("some of the split's files have a loss mask and some do not: prepare them alike")
+        self.num_tokens = offset
+        self._starts = [p.start for p in self._parts]
 
     @classmethod
-    def open(cls, dataset: PreparedDataset, split: str, seq_len: int) -> TokenWindows:
-        return cls(dataset.path / f"{split}.bin", dataset.dtype, seq_len, dataset.mask_path(split))
+    def open(cls, dataset: PreparedDataset | MergedDataset, split: str, seq_len: int) -> TokenWindows:
+        files = dataset.split_files(split)
+        nonempty = [(p, m) for p, m, n in files if n > 0] or [(p, m) for p, m, _ in files[:1]]
+        return cls(nonempty, dataset.dtype, seq_len)
 
     @property
     def masked(self) -> bool:
         """Whether some targets are not scored (IGNORE_INDEX in `batch`'s targets)."""
-        return self._mask is not None
+        return self._parts[0].mask is not None
 
-    def _read(self, file, path: Path, dtype: np.dtype, starts: np.ndarray) -> np.ndarray:
+    def _read(self, mask: bool, dtype: np.dtype, starts: np.ndarray) -> np.ndarray:
         n = self.seq_len + 1
         rows = np.empty((len(starts), n), dtype=dtype)
         for i, start in enumerate(starts):
             if start < 0 or start + n > self.num_tokens:
-                raise DataError(f"window at token {start} runs past the end of {path}")
-            file.seek(int(start) * dtype.itemsize)
-            if file.readinto(memoryview(rows[i]).cast("B")) != n * dtype.itemsize:
-                raise DataError(f"{path} was truncated while training: prepare the dataset again")
+                raise DataError(f"window at token {start} runs past the end of {self._name()}")
+            k = bisect.bisect_right(self._starts, int(start)) - 1
+            done = 0
+            while done < n:  # one read, or one per file the window spans
+                part = self._parts[k]
+                offset = int(start) + done - part.start
+                take = min(n - done, part.tokens - offset)
+                if take > 0:
+                    file, path = (part.mask, part.mask_path) if mask else (part.file, part.path)
+                    file.seek(offset * dtype.itemsize)
+                    if file.readinto(memoryview(rows[i, done : done + take]).cast("B")) != take * dtype.itemsize:
+                        raise DataError(f"{path} was truncated while training: prepare the dataset again")
+                    done += take
+                k += 1
         return rows
+
+    def _name(self) -> str:
+        return str(self.path) if len(self._parts) == 1 else f"{self.path} and the {len(self._parts) - 1} files after it"
 
     def batch(self, starts: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets (B, seq_len) as int64 on `device`; targets not scored are IGNORE_INDEX."""
-        rows = self._read(self._file, self.path, self.dtype, starts)
+        rows = self._read(False, self.dtype, starts)
         data = torch.from_numpy(rows.astype(np.int64))
         x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()  # (B, T) each, targets shifted by one
-        if self._mask is not None:
-            assert self.mask_path is not None
-            scored = self._read(self._mask, self.mask_path, MASK_DTYPE, starts)[:, 1:]  # (B, T): each target's flag
+        if self.masked:
+            scored = self._read(True, MASK_DTYPE, starts)[:, 1:]  # (B, T): each target's flag
             y = y.masked_fill(torch.from_numpy(scored == 0), IGNORE_INDEX)  # out of place: y may be a view of x's rows
         device = torch.device(device)
         if device.type == "cuda":
@@ -201,6 +242,19 @@ class TokenWindows:
         return x.to(device), y.to(device)
 
     def close(self) -> None:
-        self._file.close()
-        if self._mask is not None:
-            self._mask.close()
+        for part in self._parts:
+            part.file.close()
+            if part.mask is not None:
+                part.mask.close()
+
+
+@dataclass
+class _Part:
+    """One token file of a split, at `start` tokens into it."""
+
+    path: Path
+    start: int
+    tokens: int
+    file: BinaryIO
+    mask_path: Path | None
+    mask: BinaryIO | None

@@ -18,6 +18,10 @@ An instruction dataset (prepare --format instructions, format_version 2) also ha
 
 It is written by `DatasetWriter` into a temporary sibling directory and renamed into place at
 the end, so an interrupted run leaves no half-written dataset behind.
+
+A corpus prepared in N parts (prepare --shard I/N) is a directory of N such datasets, named
+`shard-000I-of-000N` (I from 0), each with `shard {index, count}` in its meta.json; data/shards.py
+opens them as one dataset.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -46,6 +51,20 @@ MASK_DTYPE = np.dtype("uint8")
 SAMPLE_TOKENS = 1 << 18
 """Tokens read from each of three places of a split when a dataset is opened, to check its ids."""
 SPLITS = ("train", "val")
+SHARD_NAME = re.compile(r"shard-(\d{4,})-of-(\d{4,})")
+"""The name of one part of a corpus prepared with --shard I/N: shard-000I-of-000N."""
+
+
+def shard_dir_name(index: int, count: int) -> str:
+    """'shard-0003-of-0008' for part 3 (counted from 0) of 8."""
+    return f"shard-{index:04d}-of-{count:04d}"
+
+
+def shard_dirs(path: Path) -> list[Path]:
+    """The shard directories right inside `path` (shard-000I-of-000N), sorted by name; [] when none."""
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.is_dir() and SHARD_NAME.fullmatch(p.name))
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -189,6 +208,12 @@ class PreparedDataset:
             raise DataError(f"{path} is not a directory: pass the directory `gpt2es prepare` wrote")
         meta_file = path / "meta.json"
         if not meta_file.is_file():
+            shards = shard_dirs(path)
+            if shards:
+                raise DataError(
+                    f"{path} holds the shards of a dataset ({shards[0].name}, ...), not one dataset: pass one shard, "
+                    f"e.g. {shards[0]}, or train on them all with gpt2es train -d {path}"
+                )
             raise DataError(f"{path} is not a prepared dataset (no meta.json): run `gpt2es prepare --out {path}`")
         meta = read_json_object(meta_file, DataError, "prepare the dataset again")
         if meta.get("format") != FORMAT:
@@ -251,6 +276,15 @@ class PreparedDataset:
 
     def num_tokens(self, split: str) -> int:
         return int(self.meta["splits"][split]["tokens"])
+
+    def split_files(self, split: str) -> list[tuple[Path, Path | None, int]]:
+        """The split's token file, its loss mask file (None without one) and its tokens: one entry here,
+        one per shard for a dataset of shards (data/shards.py), so readers take either alike."""
+        return [(self.path / f"{split}.bin", self.mask_path(split), self.num_tokens(split))]
+
+    def label(self, split: str) -> str:
+        """Where a split is, for messages: data/demo/train.bin."""
+        return str(self.path / f"{split}.bin")
 
     def tokens(self, split: str) -> np.ndarray:
         """The split's token ids as a read-only memory map (empty array for an empty split)."""

@@ -17,6 +17,7 @@ import numpy as np
 from gpt2es_cli.config import PrepareConfig
 from gpt2es_cli.data.clean import HygieneCounts, digest, normalize
 from gpt2es_cli.data.mixture import MixtureSource
+from gpt2es_cli.data.shards import shard_of
 from gpt2es_cli.data.sources import Source
 from gpt2es_cli.errors import DataError
 
@@ -123,24 +124,43 @@ class CleanedBatch:
     control_chars_removed: int
     kept: list[int]
     """The position in the batch of each surviving document."""
+    owners: np.ndarray | None = None
+    """With shards: the shard of each surviving document (data/shards.py's `shard_of`)."""
+    by_shard: np.ndarray | None = None
+    """With shards: (shards, 3) counts of the empty documents, the too short ones and the control
+    characters removed, each counted in the shard of its document."""
 
 
-def clean_batch(docs: list[str], min_chars: int) -> CleanedBatch:
-    """Normalise each document and drop the empty and the too short (both passes use this)."""
+def clean_batch(docs: list[str], min_chars: int, shards: int = 1) -> CleanedBatch:
+    """Normalise each document and drop the empty and the too short (both passes use this); with
+    `shards` > 1, also say which shard each document belongs to, dropped ones included."""
     out = CleanedBatch([], [], [], 0, 0, 0, [])
+    dropped: list[tuple[int, int, int]] = []  # with shards: (digest, column, count) of what is not kept
     for position, doc in enumerate(docs):
         text, removed = normalize(doc)
         out.control_chars_removed += removed
-        if not text:
-            out.empty += 1
-        elif len(text) < min_chars:
-            out.too_short += 1
-        else:
-            data = text.encode("utf-8")
-            out.texts.append(text)
-            out.nbytes.append(len(data))
-            out.digests.append(digest(data))
-            out.kept.append(position)
+        if not text or len(text) < min_chars:
+            if not text:
+                out.empty += 1
+            else:
+                out.too_short += 1
+            if shards > 1:
+                d = digest(text.encode("utf-8"))
+                dropped += [(d, 0 if not text else 1, 1), (d, 2, removed)]
+            continue
+        data = text.encode("utf-8")
+        out.texts.append(text)
+        out.nbytes.append(len(data))
+        out.digests.append(digest(data))
+        out.kept.append(position)
+        if shards > 1 and removed:
+            dropped.append((out.digests[-1], 2, removed))
+    if shards > 1:
+        out.owners = shard_of(np.array(out.digests, dtype=np.uint64), shards)
+        out.by_shard = np.zeros((shards, 3), dtype=np.int64)
+        if dropped:
+            where = shard_of(np.array([d for d, _, _ in dropped], dtype=np.uint64), shards)
+            np.add.at(out.by_shard, (where, [c for _, c, _ in dropped]), [n for _, _, n in dropped])
     return out
 
 

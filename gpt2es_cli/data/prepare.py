@@ -13,6 +13,13 @@ The pipeline, in bounded memory whatever the corpus size:
 3. Fertility (tokens per word, bytes per token) on a sample of the validation text, for the
    dataset's tokenizer and for GPT-2's when it is available locally (data/fertility.py).
 
+With --shard I/N (data/shards.py) the same pass runs over the whole source, and every decision is
+taken for every document as without it (deduplication, the split, the document held back for
+validation); the workers tokenize, and the writer writes, only the documents of shard I (their
+text's fingerprint modulo N is I). So shard I holds exactly the documents of the unsharded dataset
+that fall to it, in the same order, and its hygiene counts are those of its own documents (the
+counts of what was read, such as undecodable bytes, are the whole source's).
+
 The library reports progress through a callback and never prints.
 """
 
@@ -32,13 +39,13 @@ import numpy as np
 
 from gpt2es_cli.config import PrepareConfig
 from gpt2es_cli.data.clean import DigestSet, HygieneCounts, split_score
-from gpt2es_cli.data.dataset import DatasetWriter, check_output_dir, token_dtype
+from gpt2es_cli.data.dataset import DatasetWriter, check_output_dir, shard_dir_name, shard_dirs, token_dtype
 from gpt2es_cli.data.dataset_tokenizer import choose_tokenizer
 from gpt2es_cli.data.fertility import FERTILITY_SAMPLE_TOKENS, measure_fertility
 from gpt2es_cli.data.mixture import MixtureSource
 from gpt2es_cli.data.passes import ProgressCallback, SourceReader, batches, check_documents, clean_batch
 from gpt2es_cli.data.sources import Source
-from gpt2es_cli.errors import ConfigError, TokenizerError
+from gpt2es_cli.errors import ConfigError, DataError, TokenizerError
 from gpt2es_cli.tokenizer import Tokenizer
 
 __all__ = ["PrepareResult", "prepare"]
@@ -70,7 +77,8 @@ def prepare(source: Source, options: PrepareConfig, on_progress: ProgressCallbac
     if options.format != "text":
         raise ConfigError(f"prepare() writes text datasets: for --format {options.format}, "
                           "call gpt2es_cli.data.instructions.prepare_instructions(options)")
-    out = options.output_dir
+    shard = options.shard_parts
+    out = options.output_dir if shard is None else _shard_output(options.output_dir, *shard)
     check_output_dir(out, options.force)  # before any long work; DatasetWriter checks again
     started = time.perf_counter()
     report = on_progress or (lambda p: None)
@@ -78,7 +86,8 @@ def prepare(source: Source, options: PrepareConfig, on_progress: ProgressCallbac
     tokenizer, tokenizer_info = choose_tokenizer(source, options, report)
 
     num_proc = options.num_proc or (1 if source.small() else min(_cpu_count(), 8))
-    settings = _Settings(tokenizer.to_json(), options.min_chars, options.seed, token_dtype(tokenizer.vocab_size).str)
+    settings = _Settings(tokenizer.to_json(), options.min_chars, options.seed, token_dtype(tokenizer.vocab_size).str,
+                         shard or (0, 1))
     tokenize_started = time.perf_counter()
     with DatasetWriter(out, tokenizer, force=options.force) as writer, _Pipeline(settings, num_proc) as pipe:
         mixture = source if isinstance(source, MixtureSource) else None
@@ -105,12 +114,32 @@ def prepare(source: Source, options: PrepareConfig, on_progress: ProgressCallbac
                 "fertility": fertility,
                 "seed": options.seed,
                 "val_fraction": options.val_fraction,
+                **({"shard": {"index": shard[0], "count": shard[1]}} if shard else {}),
                 "arguments": options.to_dict(),
                 "prepare_seconds": round(time.perf_counter() - started, 2),
             }
         )
     done = time.perf_counter()
     return PrepareResult(out, meta, hygiene, done - started, done - tokenize_started, num_proc)
+
+
+def _shard_output(parent: Path, index: int, count: int) -> Path:
+    """--out/shard-000I-of-000N, after checking that --out is a place for shards of this split (one
+    check before the long work; N machines write their own directories, never each other's)."""
+    if parent.exists() and not parent.is_dir():
+        raise DataError(f"--out {parent} is a file: choose a directory for the shards")
+    if (parent / "meta.json").is_file():
+        raise DataError(
+            f"--out {parent} holds a prepared dataset, not shards: choose another --out for the shards "
+            "(or delete it first)"
+        )
+    others = sorted({d.name for d in shard_dirs(parent) if not d.name.endswith(f"-of-{count:04d}")})
+    if others:
+        raise DataError(
+            f"--out {parent} holds shards of another split ({others[0]}), not of {count}: delete them, or prepare "
+            "into another --out"
+        )
+    return parent / shard_dir_name(index, count)
 
 
 def _cpu_count() -> int:
@@ -129,15 +158,19 @@ class _Settings:
     min_chars: int
     seed: int
     dtype: str
+    shard: tuple[int, int]
+    """(index, count) of the documents to tokenize: (0, 1) for all."""
 
 
 @dataclass
 class _Batch:
-    """One batch, processed: the kept documents' ids (each followed by <|endoftext|>)."""
+    """One batch, processed: the kept documents' fingerprints and, for those of this shard (all of
+    them without --shard), their ids (each followed by <|endoftext|>)."""
 
     ids: np.ndarray
     ends: np.ndarray
-    """Token offset where each kept document ends (after its <|endoftext|>)."""
+    """Token offset where each kept document ends (after its <|endoftext|>); a document of another
+    shard has no tokens (it ends where the one before it does)."""
     digests: np.ndarray
     scores: np.ndarray
     nbytes: np.ndarray
@@ -148,6 +181,10 @@ class _Batch:
     """A snippet the tokenizer could not reproduce, if any."""
     kept: np.ndarray
     """The position in the batch of each kept document (the others were empty or too short)."""
+    mine: np.ndarray
+    """Whether each kept document belongs to this shard (all True without --shard)."""
+    own: tuple[int, int, int]
+    """Empty documents, too short ones and control characters removed in this shard's documents."""
     parts: np.ndarray | None = None
     """For a mixture: which source each kept document came from (set in the main process)."""
 
@@ -162,15 +199,25 @@ class _Processor:
 
     def __call__(self, docs: list[str]) -> _Batch:
         s = self.settings
-        c = clean_batch(docs, s.min_chars)
-        texts, digests = c.texts, c.digests
+        index, count = s.shard
+        c = clean_batch(docs, s.min_chars, count)
+        digests = c.digests
+        if c.owners is None:
+            mine = np.ones(len(c.texts), dtype=bool)
+            own = (c.empty, c.too_short, c.control_chars_removed)
+        else:
+            mine = c.owners == index
+            own = tuple(int(x) for x in c.by_shard[index])  # type: ignore[index]
+        texts = [t for t, m in zip(c.texts, mine.tolist(), strict=True) if m]
         ids = self.tokenizer.encode_batch(texts)
         eos = self.tokenizer.eos_id
-        lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
+        lengths = np.zeros(len(c.texts), dtype=np.int64)
+        lengths[mine] = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
         ends = np.cumsum(lengths)
         flat = np.empty(int(lengths.sum()), dtype=self.dtype)
-        flat[ends - 1] = eos
-        for doc, end in zip(ids, ends.tolist()):
+        own_ends = ends[mine]
+        flat[own_ends - 1] = eos
+        for doc, end in zip(ids, own_ends.tolist()):
             flat[end - 1 - len(doc) : end - 1] = doc  # list -> array at C speed, not item by item
         lossy = None
         if texts:  # the tokenizer must give back the text it was given (byte-level BPEs do)
@@ -188,6 +235,8 @@ class _Processor:
             c.control_chars_removed,
             lossy,
             np.array(c.kept, dtype=np.int64),
+            mine,
+            own,  # type: ignore[arg-type]
         )
 
 
@@ -253,7 +302,8 @@ class _Pipeline:
 
 @dataclass
 class _Held:
-    ids: np.ndarray
+    ids: np.ndarray | None
+    """None for a document of another shard (its place is kept, its tokens are that shard's)."""
     nbytes: int
     score: float
     part: int = 0
@@ -266,6 +316,11 @@ class _WriteState:
     under --val-fraction: until a validation document appears, the training document with the
     lowest score is held back (one at a time); at the end it goes to validation if that is
     still empty, else to train.
+
+    With --shard, every decision is taken over all documents, the other shards' too (which is why
+    their fingerprints and scores come back from the workers), and only this shard's are written:
+    `counts` are this shard's documents', `whole` the corpus's (what `check_documents` judges, so
+    every shard stops alike on a corpus with too little text).
     """
 
     def __init__(self, writer: DatasetWriter, options: PrepareConfig, num_parts: int = 0):
@@ -274,6 +329,9 @@ class _WriteState:
         """For a mixture: documents, bytes and tokens written per source and split."""
         self.seen = DigestSet()
         self.counts = HygieneCounts()
+        self.whole = HygieneCounts()
+        self.documents = {"train": 0, "val": 0}
+        """Documents of each split over all shards."""
         self.held: _Held | None = None
         self.val_sample: list[np.ndarray] = []
         self.val_sample_tokens = 0
@@ -282,10 +340,13 @@ class _WriteState:
         return sum(f.tokens for f in self.writer.splits.values())
 
     def add(self, b: _Batch) -> None:
-        c = self.counts
-        c.empty += b.empty
-        c.too_short += b.too_short
-        c.control_chars_removed += b.control_chars_removed
+        c, w = self.counts, self.whole
+        w.empty += b.empty
+        w.too_short += b.too_short
+        w.control_chars_removed += b.control_chars_removed
+        c.empty += b.own[0]
+        c.too_short += b.own[1]
+        c.control_chars_removed += b.own[2]
         if b.lossy is not None:
             raise TokenizerError(
                 f"the tokenizer cannot reproduce the text exactly (it changes {b.lossy!r}): "
@@ -294,22 +355,25 @@ class _WriteState:
         if len(b.digests) == 0:
             return
         keep = self.seen.add_batch(b.digests) if self.options.dedup else np.ones(len(b.digests), dtype=bool)
-        c.duplicates += int((~keep).sum())
+        w.duplicates += int((~keep).sum())
+        c.duplicates += int((~keep & b.mine).sum())
         val = keep & (b.scores < self.options.val_fraction)
         train = keep & ~val
         starts = np.concatenate([[0], b.ends[:-1]])
-        if self.writer.splits["val"].documents == 0 and not val.any() and train.any():
+        if self.documents["val"] == 0 and not val.any() and train.any():
             best = int(np.flatnonzero(train)[np.argmin(b.scores[train])])
             if self.held is None or b.scores[best] < self.held.score:
                 self._release("train")
                 part = int(b.parts[best]) if b.parts is not None else 0
-                self.held = _Held(b.ids[starts[best] : b.ends[best]].copy(), int(b.nbytes[best]), float(b.scores[best]),
-                                  part)
+                ids = b.ids[starts[best] : b.ends[best]].copy() if b.mine[best] else None
+                self.held = _Held(ids, int(b.nbytes[best]), float(b.scores[best]), part)
                 train[best] = False
         elif val.any():
             self._release("train")
-        self._write("train", b, train, starts)
-        self._write("val", b, val, starts)
+        self.documents["train"] += int(train.sum())
+        self.documents["val"] += int(val.sum())
+        self._write("train", b, train & b.mine, starts)
+        self._write("val", b, val & b.mine, starts)
 
     def _write(self, split: str, b: _Batch, mask: np.ndarray, starts: np.ndarray) -> None:
         idx = np.flatnonzero(mask)
@@ -327,14 +391,18 @@ class _WriteState:
             self.val_sample_tokens += len(ids)
 
     def _release(self, split: str) -> None:
-        if self.held is not None:
-            held, self.held = self.held, None
-            self.writer.write(split, held.ids, documents=1, nbytes=held.nbytes)
-            if len(self.per_part[split]):
-                self.per_part[split][held.part] += (1, held.nbytes, len(held.ids))
-            if split == "val":
-                self.val_sample.append(held.ids)
-                self.val_sample_tokens += len(held.ids)
+        if self.held is None:
+            return
+        held, self.held = self.held, None
+        self.documents[split] += 1
+        if held.ids is None:  # another shard's: written there
+            return
+        self.writer.write(split, held.ids, documents=1, nbytes=held.nbytes)
+        if len(self.per_part[split]):
+            self.per_part[split][held.part] += (1, held.nbytes, len(held.ids))
+        if split == "val":
+            self.val_sample.append(held.ids)
+            self.val_sample_tokens += len(held.ids)
 
     def part_counts(self, i: int) -> dict[str, dict[str, int]]:
         """Documents, bytes and tokens (each with its <|endoftext|>) written from source i of a mixture."""
@@ -342,16 +410,17 @@ class _WriteState:
                 for split, c in self.per_part.items()}
 
     def finish(self, source: Source) -> HygieneCounts:
-        """Place the held document; check both splits have documents; return the counts."""
-        self._release("val" if self.writer.splits["val"].documents == 0 else "train")
-        c = self.counts
+        """Place the held document; check both splits have documents (over all shards); return this
+        shard's counts."""
+        self._release("val" if self.documents["val"] == 0 else "train")
         read = source.counts
-        c.undecodable_bytes = read.undecodable_bytes
-        c.skipped_records = read.skipped_records
-        c.long_documents_split = read.long_documents_split
         stats = self.writer.splits
-        c.documents_kept = stats["train"].documents + stats["val"].documents
-        c.documents_read = c.documents_kept + c.empty + c.too_short + c.duplicates
-        check_documents(source.name, c, stats["train"].documents, self.options)
-        return c
-
+        for c, kept in ((self.whole, sum(self.documents.values())),
+                        (self.counts, stats["train"].documents + stats["val"].documents)):
+            c.undecodable_bytes = read.undecodable_bytes
+            c.skipped_records = read.skipped_records
+            c.long_documents_split = read.long_documents_split
+            c.documents_kept = kept
+            c.documents_read = c.documents_kept + c.empty + c.too_short + c.duplicates
+        check_documents(source.name, self.whole, self.documents["train"], self.options)
+        return self.counts

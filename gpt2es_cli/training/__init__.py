@@ -21,16 +21,22 @@ from gpt2es_cli.training.events import (
 from gpt2es_cli.training.loop import train
 from gpt2es_cli.training.parallel import is_main_process
 from gpt2es_cli.training.plan import (
+    AutoResume,
+    RunFinished,
     RunPlan,
+    find_resume,
     load_resume_checkpoint,
     plan_run,
+    resumable_checkpoints,
     resume_config,
 )
 from gpt2es_cli.training.subscribers import Subscriber
 
 __all__ = [
+    "AutoResume",
     "Event",
     "Recovery",
+    "RunFinished",
     "RunPlan",
     "Saved",
     "StepReport",
@@ -40,9 +46,11 @@ __all__ = [
     "TrainSummary",
     "UploadFailed",
     "ValidationDone",
+    "find_resume",
     "is_main_process",
     "load_resume_checkpoint",
     "plan_run",
+    "resumable_checkpoints",
     "resume_config",
     "train",
 ]

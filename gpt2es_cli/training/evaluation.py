@@ -14,6 +14,7 @@ import torch
 from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.data.batches import TokenWindows, fixed_windows
 from gpt2es_cli.data.dataset import PreparedDataset
+from gpt2es_cli.data.shards import MergedDataset
 from gpt2es_cli.device import Precision
 from gpt2es_cli.generate import GenerationConfig, generate
 from gpt2es_cli.loss import scored_count
@@ -23,10 +24,11 @@ from gpt2es_cli.training.parallel import Parallel
 
 
 class Evaluator:
-    """Scores the validation split of `dataset` with the model `parallel` wraps."""
+    """Scores the validation split of `dataset` (of all its shards, one after another, for a corpus
+    prepared in shards) with the model `parallel` wraps."""
 
-    def __init__(self, config: TrainConfig, dataset: PreparedDataset, tokenizer: Tokenizer, parallel: Parallel,
-                 precision: Precision):
+    def __init__(self, config: TrainConfig, dataset: PreparedDataset | MergedDataset, tokenizer: Tokenizer,
+                 parallel: Parallel, precision: Precision):
         self.config = config
         self.tokenizer = tokenizer
         self.parallel = parallel

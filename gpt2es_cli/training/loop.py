@@ -69,7 +69,7 @@ from gpt2es_cli.training.events import (
 )
 from gpt2es_cli.training.metrics import IntervalMeter, peak_flops
 from gpt2es_cli.training.optim import build_optimizer, set_learning_rate
-from gpt2es_cli.training.parallel import Parallel, init_parallel
+from gpt2es_cli.training.parallel import Parallel, init_parallel, select_strategy
 from gpt2es_cli.training.plan import RunPlan, plan_run
 from gpt2es_cli.training.rollback import LastGood
 from gpt2es_cli.training.saving import Checkpointer
@@ -110,6 +110,7 @@ def train(
     try:
         precision = replace(precision, device=parallel.local_device(precision.device))
         plan = plan_run(config, world_size=parallel.world_size, resume=resume, force=force)
+        parallel = select_strategy(parallel, plan.config, precision)  # --parallel, resolved by the plan
         listeners: list[Subscriber] = []
         if parallel.is_main:
             if plan.config.push_to_hub is not None:
@@ -198,9 +199,9 @@ class _Trainer:
             if plan.resume is not None:
                 load_adapter_state(model, plan.resume.model_state)
             hold_frozen_in(model, plan.base_dtype)
-        elif plan.resume is not None:
+        elif plan.resume is not None and plan.resume.unread_shards is None:  # shards: read after wrapping
             model.load_state_dict(plan.resume.model_state)
-        self.model = model.to(self.device).train()
+        self.model = parallel.place(model, self.device).train()
         self.model.activation_checkpointing = config.activation_checkpointing  # training passes only
         self.clip = GradClip(config.grad_clip)
         self.last_clip = math.inf
@@ -215,7 +216,7 @@ class _Trainer:
         self.sampler = WindowSampler(dataset.num_tokens("train"), config.seq_len, config.seed)
         self.evaluator = Evaluator(config, dataset, plan.tokenizer, parallel, precision)
         self.checkpointer = Checkpointer(self.run_dir, plan.model_config, plan.tokenizer, config.keep_last,
-                                         adapter=self.adapter)
+                                         adapter=self.adapter, parallel=parallel)
         self.trainable = trainable_parameters(self.model)
         # Frozen weights take no weight gradient: 4 FLOPs per parameter and token instead of 6.
         frozen = sum(p.numel() for n, p in self.model.named_parameters() if not p.requires_grad and n != "wpe.weight")
@@ -257,7 +258,11 @@ class _Trainer:
     # --- state -----------------------------------------------------------------------------
 
     def _restore(self, state: TrainingState) -> None:
-        self.parallel.load_optimizer_state_dict(self.optimizer, state.optimizer or {})
+        resume = self.plan.resume
+        if resume is not None and resume.unread_shards is not None:  # each process reads its part
+            self.parallel.load_shards(resume, self.model, self.optimizer)
+        else:
+            self.parallel.load_optimizer_state_dict(self.optimizer, state.optimizer or {})
         if state.scaler and self.scaler.is_enabled():
             self.scaler.load_state_dict(state.scaler)
         self.progress = state.progress
@@ -418,7 +423,7 @@ class _Trainer:
                     self.step_plan = self.step_plan.evaluated(progress.step)
                 if self._save_due(result.reading):
                     self.last_save_elapsed = result.reading.elapsed
-                    self._save_last()
+                    self._save_last(wait=False)
                     self.last_good.remember(self.model, self.optimizer, self.clip, progress)
         return StopReason.reached(self.step_plan.budget)
 
@@ -615,8 +620,9 @@ class _Trainer:
     def _evaluate(self) -> ValidationDone:
         progress = self.progress
         self.model.eval()
-        val_loss = self.evaluator.loss(self._validation_windows())
-        sample = self.evaluator.sample(self.model) if self.parallel.is_main and self.config.sample_tokens else None
+        with self.parallel.evaluating():
+            val_loss = self.evaluator.loss(self._validation_windows())
+            sample = self.evaluator.sample(self.model) if self.parallel.is_main and self.config.sample_tokens else None
         self.model.train()
         progress.val_loss = val_loss
         best = math.isfinite(val_loss) and (progress.best_val_loss is None or val_loss < progress.best_val_loss)
@@ -633,26 +639,26 @@ class _Trainer:
 
     # --- saving -----------------------------------------------------------------------------------
 
-    def _weights(self) -> dict[str, torch.Tensor]:
+    def _weights(self, full: bool = False) -> dict[str, torch.Tensor]:
         """What a checkpoint holds: the model's weights, or with LoRA the adapters' alone. Every
-        process calls it (a sharded model gathers)."""
-        weights = self.parallel.model_state_dict()
+        process calls it (a sharded model: each process's part, or gathered whole when `full`)."""
+        weights = self.parallel.model_state_dict(full=full)
         return adapter_state(weights) if self.adapter is not None else weights
 
     def _save_best(self) -> None:
-        weights = self._weights()  # every process joins (a sharded model gathers)
+        weights = self._weights(full=True)  # every process joins (a sharded model gathers)
         path = self.run_dir / "best.pth"
         if self.parallel.is_main:
             path = self.checkpointer.write_best(weights, self._extra())
         self._emit(Saved(path, self.progress.step, best=True))
 
-    def _save_last(self) -> None:
+    def _save_last(self, wait: bool = True) -> None:
         started = self.time.now()
         try:
-            weights = self._weights()  # every process joins these and the RNG gather
+            weights = self._weights()  # every process joins these, the RNG gather and the write
             training = self._training_state()
+            path = self.checkpointer.write_last(weights, training, self._extra(), wait=wait)  # sharded: in the background
             if self.parallel.is_main:
-                path = self.checkpointer.write_last(weights, training, self._extra())
                 self._emit(Saved(path, self.progress.step))
         finally:
             self.time.save_seconds += self.time.now() - started

@@ -10,10 +10,24 @@ the CPU the larger one at small batches: while the loop renews its rollback copy
 the new one are both held. The same numbers feed benchmarks/bench_memory.py's tables and
 `choose_batch_size`.
 
+Under torchrun, each process's share. DDP keeps a full replica in every process, and its
+gradient buckets a second copy of the gradients. Sharded (`--parallel fsdp`: FSDP2's
+fully_shard on every block and at the root), the fp32 weights, gradients and optimizer state
+are divided by the N processes; autocast makes no copies, as the weights are gathered in the
+compute dtype; instead a process holds the root's full weights (embeddings, final norm: the
+root is not resharded between forward and backward), three blocks' (the one computing, its
+all-gather buffer, the next one prefetched) and one block's full gradients with their fp32
+copy for the reduce-scatter; gradient accumulation changes none of it, as every pass
+reduce-scatters its gradients into the shards. Muon gathers each full matrix to orthogonalise it, a transient of the optimizer step. With --cpu-offload the shards live in host memory (`offloaded`) and the GPU
+keeps the gathered weights, the gradients of one block, and the activations. The activations
+are the replica's (each process runs its own micro-batch); LoRA runs are estimated as replicas.
+`pick_parallel` resolves `--parallel auto` from these two estimates (see its docstring).
+
 `choose_batch_size` resolves `--batch-size auto` before the run starts: on CUDA it measures,
 running real forward/backward passes at the real sequence length (precision and activation
 checkpointing as configured, the optimizer state held) at 1, 2, 4, ... windows until one runs
-out of memory; on the CPU and Apple MPS it takes the largest size the estimate puts within the
+out of memory; on the CPU and Apple MPS, and for a sharded run (a replica probed alone might
+not fit where the shards do), it takes the largest size the estimate puts within the
 available memory. Either way the size is a power of two, at most MAX_AUTO_BATCH, never more
 windows than the training data holds, and with --global-batch one whose passes divide it.
 The answer is data (`BatchChoice`): the size and what limited it, for the CLI to show.
@@ -43,7 +57,7 @@ import functools
 import gc
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -55,6 +69,7 @@ from gpt2es_cli.errors import ConfigError
 from gpt2es_cli.lora import add_adapters, hold_frozen_in, resolve_base_dtype
 from gpt2es_cli.loss import LINEAR_CHUNK_ELEMENTS
 from gpt2es_cli.model import GPT2
+from gpt2es_cli.settings import AUTO
 
 MAX_AUTO_BATCH = 64
 """The largest micro-batch --batch-size auto picks: beyond it a step is no faster per token."""
@@ -69,6 +84,12 @@ RUNTIME_BYTES = {"cpu": 128 << 20, "mps": 128 << 20}
 """What a training process adds beyond its tensors once it steps (kernels, autograd's threads, the
 plot library). On CUDA the context is already outside the free memory counted."""
 FP32 = 4
+BF16 = 2
+PARALLEL_STRATEGIES = ("ddp", "fsdp")
+"""How several processes hold the model: a full replica each (DDP), or sharded (FSDP2)."""
+GATHERED_BLOCKS = 3
+"""Blocks whose full weights a sharded process holds at once: the one computing, its all-gather
+buffer (kept until the next block's copy-in) and the next one, prefetched."""
 
 
 @dataclass(frozen=True)
@@ -96,11 +117,23 @@ class MemoryEstimate:
     gradient."""
     runtime: int = 0
     """What the process adds beyond tensors (RUNTIME_BYTES)."""
+    gathered: int = 0
+    """Sharded (FSDP): the full weights a process holds for a while, in the compute dtype: the
+    root's (embeddings, final norm: kept from the forward to the backward pass) and three blocks'
+    (the one computing, its all-gather buffer, the next one prefetched), and one block's full
+    gradients (in the compute dtype, their fp32 copy to reduce-scatter, the previous block's still
+    in flight). Accumulating: all the weights, and the whole fp32 gradient being summed."""
+    optimizer_work: int = 0
+    """Transient of the optimizer step: sharded Muon gathers each full matrix to orthogonalise it."""
+    offloaded: int = 0
+    """Sharded with CPU offload: the weights, gradients and optimizer state held in host memory
+    instead (not part of `total`, which is the device's)."""
 
     @property
     def fixed(self) -> int:
         """The part of a step that does not grow with the batch."""
-        return self.weights + self.gradients + self.optimizer + self.autocast_copies + self.rollback + self.runtime
+        return (self.weights + self.gradients + self.optimizer + self.autocast_copies + self.rollback + self.runtime
+                + self.gathered)
 
     @property
     def step(self) -> int:
@@ -113,9 +146,14 @@ class MemoryEstimate:
         return self.weights + self.optimizer + 2 * self.rollback + self.runtime
 
     @property
+    def optimizer_step(self) -> int:
+        """The peak of the optimizer step (activations freed, gradients held)."""
+        return self.weights + self.gradients + self.optimizer + self.rollback + self.runtime + self.optimizer_work
+
+    @property
     def total(self) -> int:
         """The peak of the run."""
-        return max(self.step, self.between_steps)
+        return max(self.step, self.between_steps, self.optimizer_step)
 
 
 def parameter_count(model: ModelConfig) -> tuple[int, int]:
@@ -152,17 +190,23 @@ def estimate_training_memory(
     optimizer: str = "adamw",
     device_type: str = "cpu",
     world_size: int = 1,
+    parallel: str = "ddp",
+    cpu_offload: bool = False,
     lora_rank: int | None = None,
     lora_targets: str = DEFAULT_LORA_TARGETS,
     lora_dropout: float = 0.0,
     base_dtype: torch.dtype | None = None,
 ) -> MemoryEstimate:
     """Estimated peak memory of one training step of `batch_size` windows of `seq_len` tokens,
-    in the memory of `device_type` ("cpu", "cuda" or "mps"); see the module docstring. With
-    `lora_rank`, of LoRA adapters on `lora_targets`, the frozen block matrices held in
-    `base_dtype` (None: float32)."""
+    in the memory of `device_type` ("cpu", "cuda" or "mps"), in each of `world_size` processes
+    under `parallel` ("ddp": a full replica each; "fsdp": sharded, with `cpu_offload` the shards
+    in host memory); see the module
+    docstring. With `lora_rank`, of LoRA adapters on `lora_targets`, the frozen block matrices
+    held in `base_dtype` (None: float32)."""
+    if parallel not in PARALLEL_STRATEGIES:
+        raise ConfigError(f"unknown parallel strategy {parallel!r}: choose one of {', '.join(PARALLEL_STRATEGIES)}")
     a = FP32 if autocast_dtype is None else torch.finfo(autocast_dtype).bits // 8
-    if lora_rank is not None:
+    if lora_rank is not None:  # estimated as a replica (sharding would only lower it)
         return _lora_estimate(model, seq_len, batch_size, a, autocast_dtype, activation_checkpointing, device_type,
                               world_size, lora_rank, lora_targets, lora_dropout, base_dtype)
     C, L, V = model.n_embd, model.n_layer, model.vocab_size
@@ -192,9 +236,38 @@ def estimate_training_memory(
     # The head's weight gradient (fp32, made during the forward), its scaled copy in backward and
     # the embedding's dense gradient that is added to it.
     workspace = loss_chunks + backward + 3 * FP32 * V * C
-    return MemoryEstimate(
+    estimate = MemoryEstimate(
         weights=weights, gradients=gradients, optimizer=optimizer_bytes, autocast_copies=copies,
         rollback=rollback, activations=activations, workspace=workspace, runtime=RUNTIME_BYTES.get(device_type, 0),
+    )
+    if parallel == "fsdp":
+        return _sharded(estimate, model, a, optimizer, max(1, world_size), cpu_offload)
+    return estimate
+
+
+def _sharded(replica: MemoryEstimate, model: ModelConfig, a: int, optimizer: str, n: int,
+             cpu_offload: bool) -> MemoryEstimate:
+    """A replica's estimate, sharded over `n` processes by FSDP2 (see the module docstring)."""
+    C = model.n_embd
+    params, _ = parameter_count(model)
+    block = 12 * C * C + 13 * C  # one block's parameters: what fully_shard gathers at a time
+    root = params - model.n_layer * block  # embeddings, final norm (and an untied head)
+    weights = FP32 * params // n
+    gradients = FP32 * params // n  # the reduce-scattered shard
+    optimizer_bytes = replica.optimizer // n
+    gathered = a * (root + GATHERED_BLOCKS * block) + (a + 2 * FP32) * block
+    # Muon: the largest matrix (c_fc's 4C x C) gathered whole in fp32, its Newton-Schulz
+    # iterates and their Gram matrices in bf16, and the fp32 update before its shard is kept
+    matrix = 4 * C * C
+    work = 2 * FP32 * matrix + BF16 * (2 * matrix + 2 * C * C) if optimizer == "muon" else 0
+    offloaded = 0
+    if cpu_offload:  # the shards live in host memory; each block's is copied in to be gathered
+        offloaded, weights, gradients, optimizer_bytes = weights + gradients + optimizer_bytes, 0, 0, 0
+        gathered += FP32 * block // n
+        work = 0  # the optimizer steps on the CPU
+    return replace(
+        replica, weights=weights, gradients=gradients, optimizer=optimizer_bytes, autocast_copies=0,
+        rollback=replica.rollback // n, gathered=gathered, optimizer_work=work, offloaded=offloaded,
     )
 
 
@@ -248,6 +321,59 @@ def lora_options(config: TrainConfig, autocast_dtype: torch.dtype | None) -> dic
     base = resolve_base_dtype(config.lora_base_dtype, autocast_dtype)
     return {"lora_rank": config.lora_rank, "lora_targets": config.lora_targets, "lora_dropout": config.lora_dropout,
             "base_dtype": None if base == torch.float32 else base}
+
+
+# --- DDP or FSDP -------------------------------------------------------------------------------
+
+
+def parallel_for(replica: MemoryEstimate, sharded: MemoryEstimate, device_memory: int) -> str:
+    """'fsdp' when a replica's step does not fit in ESTIMATE_SHARE of `device_memory` bytes and
+    the sharded one does, else 'ddp' (the rule of `pick_parallel`)."""
+    budget = ESTIMATE_SHARE * device_memory
+    return "fsdp" if replica.total > budget and sharded.total <= budget else "ddp"
+
+
+def _run_estimate(model_config: ModelConfig, config: TrainConfig, world_size: int, device_type: str,
+                  autocast_dtype: torch.dtype | None, seq_len: int, batch_size: int,
+                  sharding: dict) -> MemoryEstimate:
+    """estimate_training_memory with a run's settings (`sharding`: sharding_options' keywords)."""
+    return estimate_training_memory(
+        model_config, seq_len, batch_size, autocast_dtype=autocast_dtype,
+        activation_checkpointing=config.activation_checkpointing, optimizer=config.optimizer,
+        device_type=device_type, world_size=world_size, **sharding, **lora_options(config, autocast_dtype),
+    )
+
+
+def pick_parallel(model_config: ModelConfig, config: TrainConfig, world_size: int, device: torch.device) -> str:
+    """What `--parallel auto` runs: "fsdp" or "ddp".
+
+    The rule: "fsdp" when there are several processes (`world_size` > 1), `device` is a CUDA GPU,
+    and a full replica (DDP) of `model_config` training at the run's micro-batch (at 1 window
+    with --batch-size auto) and sequence length (--seq-len, else the model's context) is
+    estimated not to fit in ESTIMATE_SHARE of the GPU's total memory while the sharded step
+    (with --cpu-offload as set) is; "ddp" otherwise: in one process, on the CPU and Apple MPS,
+    when the replica fits (DDP is faster: no gathering), and when neither fits."""
+    if world_size <= 1 or device.type != "cuda":
+        return "ddp"
+    autocast_dtype = training_precision(config).autocast_dtype
+    seq_len = config.seq_len or model_config.n_positions
+    batch = config.batch_size if isinstance(config.batch_size, int) else 1
+    replica = _run_estimate(model_config, config, world_size, "cuda", autocast_dtype, seq_len, batch, {})
+    sharded = _run_estimate(model_config, config, world_size, "cuda", autocast_dtype, seq_len, batch,
+                            {"parallel": "fsdp", "cpu_offload": config.cpu_offload})
+    return parallel_for(replica, sharded, torch.cuda.get_device_properties(device).total_memory)
+
+
+def sharding_options(config: TrainConfig, model_config: ModelConfig, world_size: int,
+                     device: torch.device) -> dict:
+    """The sharding keywords of estimate_training_memory for a run (none for a replica): --parallel,
+    with auto resolved by `pick_parallel`, and --cpu-offload."""
+    parallel = config.parallel
+    if parallel == AUTO:
+        parallel = pick_parallel(model_config, config, world_size, device)
+    if parallel != "fsdp":
+        return {}
+    return {"parallel": "fsdp", "cpu_offload": config.cpu_offload}
 
 
 # --- available memory -------------------------------------------------------------------------
@@ -461,20 +587,19 @@ def training_precision(config: TrainConfig) -> Precision:
 
 def choose_batch_size(config: TrainConfig, model_config: ModelConfig, seq_len: int, train_tokens: int,
                       world_size: int = 1) -> BatchChoice:
-    """Resolve --batch-size auto for this run (see the module docstring); CUDA devices are probed."""
+    """Resolve --batch-size auto for this run (see the module docstring); CUDA devices are probed,
+    except for a sharded run, which is estimated."""
     precision = training_precision(config)
     device = precision.device
     candidates, cap, reason = _limits(config.global_batch, world_size, (train_tokens - 1) // seq_len)
     lora = lora_options(config, precision.autocast_dtype)
+    sharding = sharding_options(config, model_config, world_size, device)
 
     def estimate(b: int) -> MemoryEstimate:
-        return estimate_training_memory(
-            model_config, seq_len, b, autocast_dtype=precision.autocast_dtype,
-            activation_checkpointing=config.activation_checkpointing, optimizer=config.optimizer,
-            device_type=device.type, world_size=world_size, **lora,
-        )
+        return _run_estimate(model_config, config, world_size, device.type, precision.autocast_dtype, seq_len, b,
+                             sharding)
 
-    if device.type == "cuda":
+    if device.type == "cuda" and not sharding:
         available = available_memory(device)
         one = estimate(1)
         # AdamW's moments, and DDP's buckets (the probe's model has the gradients themselves)
@@ -489,7 +614,8 @@ def choose_batch_size(config: TrainConfig, model_config: ModelConfig, seq_len: i
             )
         needed, method = peaks.get(best, 0), "probe"
     else:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))  # processes sharing this machine's RAM
+        # processes sharing this machine's RAM (on CUDA each has its GPU)
+        local = 1 if device.type == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         available = available_memory(device) // max(1, local)
         fitting = [b for b in candidates if estimate(b).total <= ESTIMATE_SHARE * available]
         best = _agree(fitting[-1] if fitting else 1)

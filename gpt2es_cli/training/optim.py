@@ -5,6 +5,11 @@ matrices only), or Muon for the hidden weight matrices beside AdamW for the rest
 one torch Optimizer (`MuonWithAdamW`) so the loop, the GradScaler and the checkpoints treat both
 alike. Every group follows one schedule (schedule.py): `set_learning_rate` gives each group the
 scheduled rate times its `lr_ratio` (the Muon group's is --muon-lr / --lr).
+
+Under --parallel fsdp every parameter, gradient and state is a DTensor holding this process's rows.
+AdamW works row by row as it is. Muon's Newton-Schulz iteration needs the whole matrix: each
+matrix's update is gathered whole on one process (round robin), orthogonalized there and its rows
+sent back (`orthogonalize`), so the step equals one process's and each process does 1/N of it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.device import cpu_has_native_bf16
 from gpt2es_cli.errors import CheckpointError, ConfigError
 from gpt2es_cli.model import GPT2
+from gpt2es_cli.training.fsdp import is_sharded, map_whole, mesh_device
 
 MUON_ADJUST_LR = "match_rms_adamw"
 """torch's Muon scales each matrix's step to AdamW's update size (0.2 sqrt(max(rows, cols))), so
@@ -102,6 +108,18 @@ def newton_schulz(g: torch.Tensor, steps: int, coefficients: tuple[float, float,
     return x.T if tall else x
 
 
+def orthogonalize(updates: list[torch.Tensor], steps: int, coefficients: tuple[float, float, float],
+                  eps: float) -> list[torch.Tensor]:
+    """Muon's orthogonalized updates of some matrices: `newton_schulz` in `orthogonalize_dtype`. Sharded
+    updates (DTensors of this process's rows) are spread over the processes: each orthogonalizes the
+    whole of 1/N of the matrices (gathered on it alone) and sends every process its rows back, so the
+    result is one process's, for 1/N of the work (fsdp.map_whole)."""
+    if updates and is_sharded(updates[0]):
+        device = mesh_device(updates[0])  # the GPU, with --cpu-offload too
+        return map_whole(updates, lambda full: newton_schulz(full, steps, coefficients, eps, orthogonalize_dtype(device)))
+    return [newton_schulz(u, steps, coefficients, eps, orthogonalize_dtype(u.device)) for u in updates]
+
+
 class Muon(torch.optim.Muon):
     """torch.optim.Muon (same hyperparameters, checks and state: a `momentum_buffer` per matrix)
     whose orthogonalization runs in `orthogonalize_dtype` of the parameter's device."""
@@ -118,11 +136,12 @@ class Muon(torch.optim.Muon):
             buffers: list[torch.Tensor] = []
             self._init_group(group, params, grads, buffers)
             lr, momentum = float(group["lr"]), group["momentum"]
-            for param, grad, buf in zip(params, grads, buffers, strict=True):
+            updates = []
+            for grad, buf in zip(grads, buffers, strict=True):
                 buf.lerp_(grad, 1 - momentum)
-                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
-                update = newton_schulz(update, group["ns_steps"], group["ns_coefficients"], group["eps"],
-                                       orthogonalize_dtype(param.device))
+                updates.append(grad.lerp(buf, momentum) if group["nesterov"] else buf)
+            updates = orthogonalize(updates, group["ns_steps"], group["ns_coefficients"], group["eps"])
+            for param, update in zip(params, updates, strict=True):
                 param.mul_(1 - lr * group["weight_decay"])
                 param.add_(update.to(param.dtype), alpha=-lr * muon_lr_scale(group["adjust_lr_fn"], param.shape))
         return loss

@@ -2,12 +2,14 @@
 
 `plan_run` validates the dataset, model, batch and budget against each other and against the
 run directory, and returns a `RunPlan`; any problem raises one of our errors before a file is
-touched. `resume_config` rebuilds a run's settings from its checkpoint for `--resume`.
+touched. `resume_config` rebuilds a run's settings from its checkpoint for `--resume`;
+`find_resume` picks the checkpoint `--resume auto` continues (`resumable_checkpoints` lists them).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from gpt2es_cli.artifacts import base_source, open_base, open_checkpoint
 from gpt2es_cli.checkpoint import AdapterRecord, Checkpoint, TrainingState, load_checkpoint
 from gpt2es_cli.config import ModelConfig, TrainConfig
 from gpt2es_cli.data.dataset import PreparedDataset
+from gpt2es_cli.data.shards import MergedDataset, open_dataset
 from gpt2es_cli.errors import CheckpointError, ConfigError, DataError
 from gpt2es_cli.hub import is_hub_id, with_revision
 from gpt2es_cli.lora import base_record, require_peft, resolve_base_dtype
@@ -30,13 +33,21 @@ from gpt2es_cli.training.memory import (
     choose_batch_size,
     estimate_training_memory,
     lora_options,
+    pick_parallel,
+    sharding_options,
     training_precision,
 )
+from gpt2es_cli.training.parallel import strategy_problem
 from gpt2es_cli.training.rundir import run_files
 from gpt2es_cli.training.sizing import SizeChoice, choose_model_size, measure_training_speed
 
 PROBE_BATCH = 8
 """Windows per pass when --preset auto times its candidates under --batch-size auto."""
+
+
+class RunFinished(ConfigError):
+    """The resumed run has already trained its whole budget: there is nothing left to train."""
+
 
 FIXED_ON_RESUME = (
     "preset", "n_layer", "n_head", "n_embd", "n_positions", "untied_head", "position", "rope_theta", "init_from",
@@ -54,7 +65,8 @@ class RunPlan:
     """The settings with the defaults that do not depend on the plan filled in (out, seq_len,
     global_batch, min_lr); warmup, evaluations and saves left as given follow the plan."""
     model_config: ModelConfig
-    dataset: PreparedDataset
+    dataset: PreparedDataset | MergedDataset
+    """The dataset, or a corpus's shards read as one (data/shards.py)."""
     tokenizer: Tokenizer
     run_dir: Path
     step_plan: StepPlan
@@ -102,6 +114,11 @@ def default_run_dir(data: str) -> Path:
     return Path("runs") / name
 
 
+def run_directory(config: TrainConfig) -> Path:
+    """Where the run's files go: --out, else runs/<name of the dataset directory>."""
+    return Path(config.out) if config.out else default_run_dir(config.data)
+
+
 def resolve_resume_path(path: str | Path) -> Path:
     """A run directory means its last.pth; a file means itself."""
     path = Path(path)
@@ -116,10 +133,60 @@ def resolve_resume_path(path: str | Path) -> Path:
 
 
 def load_resume_checkpoint(path: str | Path) -> Checkpoint:
-    """The checkpoint `--resume` names, checked to carry a training state."""
-    ckpt = load_checkpoint(resolve_resume_path(path))
+    """The checkpoint `--resume` names, checked to carry a training state (a sharded one's tensors stay on
+    disk, checked: the run reads them, each process its part)."""
+    ckpt = load_checkpoint(resolve_resume_path(path), keep_sharded=True)
     training_state(ckpt)
     return ckpt
+
+
+def resumable_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoints a run can continue from, newest first: last.pth, then the numbered copies
+    step-NNNNNNN.pth (--keep-last) by their step (each is named after the step it holds)."""
+    run_dir = Path(run_dir)
+    numbered = {}
+    for path in run_dir.glob("step-*.pth"):
+        match = re.fullmatch(r"step-(\d+)\.pth", path.name)
+        if match and path.is_file():
+            numbered[path] = int(match.group(1))
+    last = run_dir / "last.pth"
+    return ([last] if last.is_file() else []) + sorted(numbered, key=numbered.__getitem__, reverse=True)
+
+
+@dataclass(frozen=True)
+class AutoResume:
+    """What `--resume auto` found in a run directory."""
+
+    run_dir: Path
+    checkpoint: Checkpoint | None
+    """The newest checkpoint that loads with a training state; None: no run to continue, start one."""
+    passed_over: tuple[str, ...] = ()
+    """Why each newer checkpoint could not be used (one line each: truncated, corrupt, ...)."""
+
+
+def find_resume(run_dir: str | Path) -> AutoResume:
+    """The checkpoint `--resume auto` continues the run in `run_dir` from: the first of
+    `resumable_checkpoints` that loads. Reads files only, so every process of a run, reading the
+    same directory, chooses the same one. Raises when the directory holds a run but none of it
+    can be continued (a new run there would replace it)."""
+    run_dir = Path(run_dir)
+    passed_over: list[str] = []
+    for path in resumable_checkpoints(run_dir):
+        try:
+            return AutoResume(run_dir, load_resume_checkpoint(path), tuple(passed_over))
+        except CheckpointError as e:
+            passed_over.append(str(e))
+    fix = "start a new run with another --out, or replace this one with --force instead of --resume auto"
+    if passed_over:
+        more = f" (and {len(passed_over) - 1} older one(s) fail to load too)" if len(passed_over) > 1 else ""
+        raise CheckpointError(f"cannot resume {run_dir}: {passed_over[0]}{more}; {fix}")
+    existing = run_files(run_dir)
+    if existing:
+        raise CheckpointError(
+            f"{run_dir} holds a run ({', '.join(existing[:3])}) but no checkpoint with a training state "
+            f"(last.pth or step-*.pth) to resume: {fix}"
+        )
+    return AutoResume(run_dir, None)
 
 
 def training_state(checkpoint: Checkpoint) -> TrainingState:
@@ -171,7 +238,7 @@ def _tokenizers_match(a: Tokenizer, b: Tokenizer) -> bool:
     return a.backend.get_vocab(with_added_tokens=True) == b.backend.get_vocab(with_added_tokens=True)
 
 
-def _model_config(config: TrainConfig, dataset: PreparedDataset, tokenizer: Tokenizer,
+def _model_config(config: TrainConfig, dataset: PreparedDataset | MergedDataset, tokenizer: Tokenizer,
                   resume: Checkpoint | None) -> tuple[ModelConfig, Checkpoint | None]:
     """The model the run trains, and the --init-from checkpoint it starts from (None: from scratch or resumed)."""
     overrides = config.model_overrides()
@@ -220,7 +287,7 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
              force: bool = False) -> RunPlan:
     """Resolve and check a run without writing anything (raises on the first blocking problem)."""
     config.validate(world_size)
-    dataset = PreparedDataset.open(config.data)
+    dataset = open_dataset(config.data)  # one dataset, or a directory of shards checked to belong together
     tokenizer = dataset.tokenizer()
     size_choice = None
     shape = set(config.model_overrides()) - {"dropout", "tie_word_embeddings", "position", "rope_theta"}
@@ -237,6 +304,7 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         config = replace(config, optimizer="adamw", lora_alpha=config.lora_scale)
         base_dtype = _lora_base_dtype(config)
     model_config, init = _model_config(config, dataset, tokenizer, resume)
+    config = _parallel(config, model_config, world_size)
     init_weights = init.model_state if init is not None else None
     adapter = None
     if config.lora_rank is not None:
@@ -246,7 +314,7 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
         trained_on = training.dataset.train_sha256 if training.dataset is not None else None
         if trained_on and trained_on != dataset.meta["splits"]["train"]["sha256"]:
             raise DataError(
-                f"{config.data} is not the dataset {resume.path} was trained on (train.bin differs): "
+                f"{config.data} is not the dataset {resume.path} was trained on (its train tokens differ): "
                 "resume with the run's dataset (--data), or start a new run with --init-from"
             )
 
@@ -259,12 +327,12 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     train_tokens = dataset.num_tokens("train")
     if train_tokens < seq_len + 1:
         raise DataError(
-            f"{config.data}/train.bin has {train_tokens} tokens, fewer than one window of --seq-len {seq_len}: "
+            f"{dataset.label('train')} has {train_tokens} tokens, fewer than one window of --seq-len {seq_len}: "
             "lower --seq-len or prepare more text"
         )
     if config.eval_interval != 0 and dataset.num_tokens("val") < seq_len + 1:
         raise DataError(
-            f"{config.data}/val.bin has {dataset.num_tokens('val')} tokens, fewer than one window of "
+            f"{dataset.label('val')} has {dataset.num_tokens('val')} tokens, fewer than one window of "
             f"--seq-len {seq_len}: lower --seq-len, prepare a bigger validation split, or pass --eval-interval 0"
         )
 
@@ -279,7 +347,7 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     if global_batch > windows:
         option = "--global-batch" if config.global_batch else "--batch-size"
         raise ConfigError(
-            f"{option} asks for {global_batch:,} windows per step but {config.data}/train.bin holds only "
+            f"{option} asks for {global_batch:,} windows per step but {dataset.label('train')} holds only "
             f"{windows:,} windows of {seq_len} tokens: lower {option} (or --seq-len), or prepare more text"
         )
     if batch_choice is None:
@@ -290,19 +358,19 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     if resume is not None and training is not None:
         done, trained = training.step, training.elapsed
         if steps.fit_time and config.max_time is not None and trained >= config.max_time:
-            raise ConfigError(
+            raise RunFinished(
                 f"{resume.path} already trained {duration_text(trained)}, its whole --max-time "
                 f"{duration_text(config.max_time)}: raise --max-time to train further"
             )
         bound = steps.cap if steps.fit_time else steps.total_steps
         if bound is not None and done >= bound:
             budget = steps.cap_budget if steps.fit_time else steps.budget
-            raise ConfigError(
+            raise RunFinished(
                 f"{resume.path} already finished its budget ({budget}: {bound} steps, it is at step {done}): "
                 "raise --max-steps, --max-tokens, --epochs or --max-time to train further"
             )
 
-    run_dir = Path(config.out) if config.out else default_run_dir(config.data)
+    run_dir = run_directory(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is a file: choose a directory for the run")
     if (run_dir / "meta.json").is_file() or (run_dir / "train.bin").exists():
@@ -342,6 +410,18 @@ def plan_run(config: TrainConfig, world_size: int = 1, resume: Checkpoint | None
     )
 
 
+def _parallel(config: TrainConfig, model: ModelConfig, world_size: int) -> TrainConfig:
+    """--parallel resolved (auto: fsdp when a replica would not fit, memory.pick_parallel; LoRA: ddp), checked."""
+    precision = training_precision(config)
+    if config.parallel == AUTO:
+        chosen = "ddp" if config.lora_rank is not None else pick_parallel(model, config, world_size, precision.device)
+        config = replace(config, parallel=chosen)
+    problem = strategy_problem(config, precision)
+    if problem:
+        raise ConfigError(problem)
+    return config
+
+
 def _lora_base_dtype(config: TrainConfig) -> torch.dtype:
     """--lora-base-dtype for this run's compute dtype (a one-line error when they do not go together)."""
     require_peft()  # said before anything is loaded
@@ -376,6 +456,7 @@ def _check_batch_fits(config: TrainConfig, model: ModelConfig, seq_len: int, wor
         model, seq_len, config.batch_size, autocast_dtype=precision.autocast_dtype,
         activation_checkpointing=config.activation_checkpointing, optimizer=config.optimizer,
         device_type=device.type, world_size=world_size, **lora_options(config, precision.autocast_dtype),
+        **sharding_options(config, model, world_size, device),  # a sharded run's share
     ).total
     if device.type == "cuda":
         have, where = torch.cuda.get_device_properties(device).total_memory, f"the {device} GPU's"

@@ -1,11 +1,13 @@
 """A run directory across one invocation of `train`: what it held is never lost to a failed start.
 
-A run is in a directory as RUN_FILES (and `step-*.pth` copies). A run *exists* once it has a
-checkpoint (last.pth, best.pth or a step copy); config.yaml, metrics.jsonl and loss.png alone
-are what a run leaves that failed before its first save, and they block nothing.
+A run is in a directory as RUN_FILES (and `step-*.pth` copies; a sharded run's checkpoints also
+have their `step-*.dcp` shard directories, which move and come back with them). A run *exists*
+once it has a checkpoint (last.pth, best.pth or a step copy); config.yaml, metrics.jsonl and
+loss.png alone are what a run leaves that failed before its first save, and they block nothing.
 
 `RunDirectory.open` starts an invocation: it deletes stale temp files of our own atomic writes
-(`.last.pth.XXXX.tmp`, left by a kill during a save) and puts what the directory holds in a
+(`.last.pth.XXXX.tmp`, left by a kill during a save; `.step-*.dcp.tmp/`, shards being written; and
+shard directories no checkpoint points to, whose record a kill prevented) and puts what the directory holds in a
 hidden ASIDE directory beside the new files, moved (a new run, `--force`) or, for a resumed run
 continuing its own files, the ones it may replace before it saves (config.yaml, metrics.jsonl,
 loss.png, best.pth) kept under a second name (hard links; every write is a rename). `commit()`,
@@ -21,6 +23,8 @@ import os
 import shutil
 from pathlib import Path
 
+from gpt2es_cli.checkpoint import record_shards
+
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "best.pth", "loss.png", "wandb-run.json")
 CHECKPOINT_FILES = ("last.pth", "best.pth")
 ASIDE = ".gpt2es-previous"
@@ -29,6 +33,8 @@ REWRITTEN = ("config.yaml", "metrics.jsonl", "loss.png", "best.pth", "wandb-run.
 """The files a resumed run may replace before it writes last.pth (each by an atomic rename)."""
 MOVED_MARK = "moved"
 """A file in ASIDE saying its files were moved (a new run), not copied (a resumed one)."""
+SHARDS_SUFFIX = ".dcp"
+"""The suffix of a sharded checkpoint's DCP directories (step-NNNNNNN.dcp)."""
 
 
 def run_files(run_dir: Path) -> list[str]:
@@ -40,23 +46,47 @@ def run_files(run_dir: Path) -> list[str]:
     aside = run_dir / ASIDE
     if aside.is_dir() and (aside / MOVED_MARK).exists() and not (run_dir / "last.pth").exists():
         found = sorted(set(found) | set(_files(aside)))  # a replaced run a killed invocation set aside
-    has_checkpoint = any(n in CHECKPOINT_FILES or n.startswith("step-") for n in found)
+    has_checkpoint = any(n in CHECKPOINT_FILES or (n.startswith("step-") and n.endswith(".pth")) for n in found)
     return found if has_checkpoint else []
 
 
 def _files(directory: Path) -> list[str]:
     names = [name for name in RUN_FILES if (directory / name).exists()]
-    return names + sorted(p.name for p in directory.glob("step-*.pth"))
+    return (names + sorted(p.name for p in directory.glob("step-*.pth"))
+            + sorted(p.name for p in directory.glob(f"step-*{SHARDS_SUFFIX}") if p.is_dir()))
+
+
+def remove(path: Path) -> None:
+    """Delete a run file, or a shard directory with everything in it."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def stale_temp_files(run_dir: Path) -> list[Path]:
-    """Temp files of our atomic writes to run files (left by a process killed while saving)."""
+    """Temp files of our atomic writes to run files, and shard directories being written (left by a
+    process killed while saving)."""
     found = []
     for path in run_dir.glob(".*.tmp"):
+        if path.is_dir():  # .step-0000100.dcp.tmp
+            if path.name.startswith(".step-") and path.name.endswith(f"{SHARDS_SUFFIX}.tmp"):
+                found.append(path)
+            continue
         name = path.name[1:].rsplit(".", 2)[0]  # .last.pth.k2j3l4.tmp -> last.pth
         if path.is_file() and (name in RUN_FILES or (name.startswith("step-") and name.endswith(".pth"))):
             found.append(path)
     return found
+
+
+def unreferenced_shards(run_dir: Path) -> list[Path]:
+    """The shard directories (step-*.dcp) that neither last.pth nor a step-*.pth copy points to."""
+    directories = [p for p in run_dir.glob(f"step-*{SHARDS_SUFFIX}") if p.is_dir()]
+    if not directories:
+        return []
+    records = [run_dir / "last.pth", *run_dir.glob("step-*.pth")]
+    used = {record_shards(p) for p in records if p.is_file()}
+    return [p for p in directories if p.name not in used]
 
 
 class RunDirectory:
@@ -75,8 +105,10 @@ class RunDirectory:
         invocation's aside files are recovered, and the current files are set aside."""
         path.mkdir(parents=True, exist_ok=True)
         for stale in stale_temp_files(path):
-            stale.unlink(missing_ok=True)
+            remove(stale)
         _recover(path)
+        for stale in unreferenced_shards(path):  # written, but a kill came before their record
+            remove(stale)
         names = _files(path)
         if not names:
             return cls(path, None, moved=False)
@@ -104,7 +136,7 @@ class RunDirectory:
         self.done = True
         if self.aside is None or self.moved:  # a new run: its own files go
             for name in _files(self.path):
-                (self.path / name).unlink(missing_ok=True)
+                remove(self.path / name)
         if self.aside is not None:
             _put_back(self.path, self.aside)
 
@@ -131,7 +163,7 @@ def _recover(path: Path) -> None:
         return
     if (aside / MOVED_MARK).exists() and not (path / "last.pth").exists():
         for name in _files(path):  # the killed new run's own files (it never saved)
-            (path / name).unlink(missing_ok=True)
+            remove(path / name)
         _put_back(path, aside)
     else:
         shutil.rmtree(aside, ignore_errors=True)
