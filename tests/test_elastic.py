@@ -23,6 +23,7 @@ from gpt2es_cli.cli import app
 from gpt2es_cli.config import TrainConfig
 from gpt2es_cli.training import loop as loop_module
 from gpt2es_cli.training import resumable_checkpoints, train
+from gpt2es_cli.training.rundir import ASIDE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -87,9 +88,10 @@ def test_the_same_command_starts_continues_after_sigterm_and_then_has_nothing_to
     run = tmp_path / "run"
     original = loop_module._Trainer._optimizer_step
 
-    def preempted(self):  # SIGTERM (a Slurm preemption) during step 7: it completes and saves
+    def preempted(self):  # SIGTERM twice (Slurm's, then torchrun's forwarded one) during step 7: it completes and saves
         lr = original(self)
         if self.step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGTERM)
         return lr
 
@@ -98,10 +100,15 @@ def test_the_same_command_starts_continues_after_sigterm_and_then_has_nothing_to
     assert result.exit_code == 130, result.output
     assert "(new run)" in result.stdout and "saved" in result.stdout
     monkeypatch.setattr(loop_module._Trainer, "_optimizer_step", original)
+    # What a later kill during a save would leave: the temp file of the write, the files set aside.
+    (run / ".last.pth.k2j3l4.tmp").write_bytes(b"half a checkpoint")
+    (run / ASIDE).mkdir()
+    shutil.copy(run / "metrics.jsonl", run / ASIDE / "metrics.jsonl")
 
     result = runner.invoke(app, options(data, run))  # the requeued job: the settings equal the run's
     assert result.exit_code == 0, result.output
     assert "resuming at step 7" in result.stdout and "warning" not in result.stderr
+    assert not (run / ".last.pth.k2j3l4.tmp").exists() and not (run / ASIDE).exists()
     assert_same_losses(train_losses(run), train_losses(reference))
 
     before = snapshot(run)
@@ -135,13 +142,15 @@ def test_a_damaged_last_pth_resumes_from_the_newest_copy_that_loads(data, refere
 
     for path in [run / "last.pth", *run.glob("step-*.pth")]:
         path.unlink()
-    (run / "best.pth").write_bytes(b"weights")  # the run's only checkpoint holds no training state
+    (run / "best.pth").write_bytes(b"weights")  # a run killed after its first evaluation, before its first save
     before = snapshot(run)
-    result = runner.invoke(app, options(data, run))
-    assert result.exit_code == 1 and "no checkpoint with a training state" in result.stderr
     result = runner.invoke(app, [*options(data, run), "--force"])
     assert result.exit_code == 1 and "use one or the other" in result.stderr
     assert snapshot(run) == before
+    result = runner.invoke(app, options(data, run))  # no state to continue: it starts again
+    assert result.exit_code == 0, result.output
+    assert "stopped before its first last.pth (" in result.stderr and "(new run)" in result.stdout
+    assert_same_losses(train_losses(run), train_losses(reference))
 
 
 # --- two nodes under torchrun ---------------------------------------------------------------------

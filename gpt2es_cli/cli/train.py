@@ -47,8 +47,8 @@ def train_command(
             checkpoint = found.checkpoint
             config = resume_config(checkpoint, {**file_settings, **given})
         show_auto_resume(found)
-        try:
-            run_training(config, checkpoint, force=False)
+        try:  # a run killed before its first save starts again, its files set aside until the new one saves
+            run_training(config, checkpoint, force=bool(found.restart))
         except RunFinished as finished:  # a restart of a job that had finished: nothing to do, no failure
             show_finished(finished)
         return

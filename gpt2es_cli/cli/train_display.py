@@ -305,11 +305,14 @@ def _render_summary(s: TrainSummary, log_to: str = "") -> None:
 
 def show_auto_resume(found: AutoResume) -> None:
     """The newer checkpoints --resume auto passed over, and the one it resumes instead (main process only)."""
-    if not is_main_process() or not found.passed_over:
+    if not is_main_process():
         return
+    if found.restart:
+        warn(f"{found.run_dir} holds a run stopped before its first last.pth ({', '.join(found.restart[:3])}): "
+             "starting it again (its files are put back if the new run fails before it saves)")
     for reason in found.passed_over:
         warn(f"passed over: {reason}")
-    if found.checkpoint is not None:
+    if found.passed_over and found.checkpoint is not None:
         warn(f"resuming from {found.checkpoint.path}, the newest checkpoint that loads")
 
 

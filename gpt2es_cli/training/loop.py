@@ -135,14 +135,15 @@ def _send(subscribers: Sequence[Subscriber], event: Event) -> None:
 
 class _StopSignal:
     """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current step and save;
-    a second Ctrl-C stops at once."""
+    a second Ctrl-C stops at once. A second SIGTERM does not: under Slurm every process gets one
+    and torchrun forwards its own, and the save they both ask for must still happen."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
 

@@ -162,13 +162,16 @@ class AutoResume:
     """The newest checkpoint that loads with a training state; None: no run to continue, start one."""
     passed_over: tuple[str, ...] = ()
     """Why each newer checkpoint could not be used (one line each: truncated, corrupt, ...)."""
+    restart: tuple[str, ...] = ()
+    """The files of a run killed before its first last.pth (best.pth, config.yaml, ...): it has no
+    state to continue, so it starts again, its files set aside until the new run saves (as --force)."""
 
 
 def find_resume(run_dir: str | Path) -> AutoResume:
     """The checkpoint `--resume auto` continues the run in `run_dir` from: the first of
     `resumable_checkpoints` that loads. Reads files only, so every process of a run, reading the
-    same directory, chooses the same one. Raises when the directory holds a run but none of it
-    can be continued (a new run there would replace it)."""
+    same directory, chooses the same one. Raises when the directory holds checkpoints with a
+    training state and none of them loads (a new run there would replace them)."""
     run_dir = Path(run_dir)
     passed_over: list[str] = []
     for path in resumable_checkpoints(run_dir):
@@ -180,13 +183,8 @@ def find_resume(run_dir: str | Path) -> AutoResume:
     if passed_over:
         more = f" (and {len(passed_over) - 1} older one(s) fail to load too)" if len(passed_over) > 1 else ""
         raise CheckpointError(f"cannot resume {run_dir}: {passed_over[0]}{more}; {fix}")
-    existing = run_files(run_dir)
-    if existing:
-        raise CheckpointError(
-            f"{run_dir} holds a run ({', '.join(existing[:3])}) but no checkpoint with a training state "
-            f"(last.pth or step-*.pth) to resume: {fix}"
-        )
-    return AutoResume(run_dir, None)
+    existing = run_files(run_dir)  # no last.pth or step copy was ever written: killed before its first save
+    return AutoResume(run_dir, None, restart=tuple(existing))
 
 
 def training_state(checkpoint: Checkpoint) -> TrainingState:
