@@ -22,6 +22,14 @@ the context, every token scored once, by one scoring function.
     python benchmarks/bench_quality.py --minutes 15 --variant "muon=--optimizer muon"
     python benchmarks/bench_quality.py --minutes 15 --variant "unfitted=--unfitted"  # no --max-time, stopped at T
 
+--expert adds the expert reference: the same nanoGPT loop set up as someone who knows it would
+set it up for this budget: the size gpt2es's --preset auto chose, gpt2es's own tokenized data and
+vocabulary (so the tokenizer gives neither side an edge), its warmup fitted (10% of its fitted
+iterations, at most 100: the loop's rule) and its learning rate chosen by a sweep (--expert-lrs,
+3 values by default, every one run and recorded; the best is the expert reference):
+
+    python benchmarks/bench_quality.py --minutes 15,30 --expert
+
 A variant row trains gpt2es with extra options; it runs paired with the next variant (or with
 another reference run when it is alone), always two at a time.
 """
@@ -174,7 +182,11 @@ def reference_model(n_layer: int, n_head: int, n_embd: int, block_size: int, voc
 
 
 def train_reference(data: Path, out: Path, minutes: float, size: dict, seed: int = 1337) -> None:
-    """nanoGPT's train.py recipe for a wall-clock budget (runs in its own process, one thread)."""
+    """nanoGPT's train.py recipe for a wall-clock budget (runs in its own process, one thread).
+
+    `size` may carry the expert reference's recipe: "lr" (the peak; the floor is lr / 10, as
+    nanoGPT's min_lr) and "vocab" (the vocabulary of `data`, gpt2es's own tokens: the embedding is
+    padded to a multiple of 64, as nanoGPT pads GPT-2's)."""
     import torch
     import torch.nn.functional as F
 
@@ -187,14 +199,15 @@ def train_reference(data: Path, out: Path, minutes: float, size: dict, seed: int
     start = time.perf_counter()
     batch, block = 8, size["n_positions"]
     train = np.memmap(data, dtype=np.uint16, mode="r")
-    model = reference_model(size["n_layer"], size["n_head"], size["n_embd"], block, 50304)  # padded, as nanoGPT
+    model = reference_model(size["n_layer"], size["n_head"], size["n_embd"], block, padded_vocab(size))
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=6e-4, betas=(0.9, 0.95),
+        lr=size.get("lr", 6e-4), betas=(0.9, 0.95),
     )
-    lr_max, lr_min = 6e-4, 6e-5
+    lr_max = size.get("lr", 6e-4)
+    lr_min = lr_max / 10
 
     def get_batch():
         ix = torch.randint(len(train) - block, (batch,))
@@ -246,6 +259,13 @@ def train_reference(data: Path, out: Path, minutes: float, size: dict, seed: int
         "steps": it, "tokens": it * batch * block, "seconds": elapsed, "warmup": warmup,
         "final_loss": float(np.mean(losses[-20:])), "size": size, "precision": "bfloat16" if bf16 else "float32",
     }))
+
+
+def padded_vocab(size: dict) -> int:
+    """The reference's embedding rows: GPT-2's 50,257 padded to 50,304, or the expert's vocabulary
+    padded to a multiple of 64 the same way."""
+    vocab = size.get("vocab", 50257)
+    return -(-vocab // 64) * 64
 
 
 # --- scoring (the same for both) -------------------------------------------------------------
@@ -302,22 +322,31 @@ def score_reference(run: Path, text: str) -> tuple[float, str]:
 
     result = json.loads((run / "result.json").read_text())
     size = result["size"]
-    model = reference_model(size["n_layer"], size["n_head"], size["n_embd"], size["n_positions"], 50304)
+    model = reference_model(size["n_layer"], size["n_head"], size["n_embd"], size["n_positions"], padded_vocab(size))
     model.load_state_dict(torch.load(run / "reference.pt", weights_only=True))
     model.eval()
-    tok = gpt2_tokenizer()
-    ids = np.asarray(tok.encode(text).ids, dtype=np.int64)
+    vocab = size.get("vocab", 50257)
+    if "data" in size:  # the expert reference: gpt2es's tokens, scored through gpt2es's tokenizer as ours are
+        from gpt2es_cli.data.dataset import PreparedDataset
+
+        ours = PreparedDataset.open(size["data"]).tokenizer()
+        ids = np.asarray(ours.encode(text), dtype=np.int64)
+        prompt, decode = ours.encode(PROMPT), ours.decode
+    else:
+        tok = gpt2_tokenizer()
+        ids = np.asarray(tok.encode(text).ids, dtype=np.int64)
+        prompt, decode = tok.encode(PROMPT).ids, tok.decode
     bpb = score(model, ids, size["n_positions"], len(text.encode("utf-8")))
     # nanoGPT's generate: temperature 0.8, top-k 50 (the same settings as ours above)
     gen = torch.Generator().manual_seed(0)
-    idx = torch.tensor([tok.encode(PROMPT).ids])
+    idx = torch.tensor([prompt])
     with torch.no_grad():
         for _ in range(40):
-            logits = model(idx[:, -size["n_positions"]:])[:, -1, :50257] / 0.8
+            logits = model(idx[:, -size["n_positions"]:])[:, -1, :vocab] / 0.8
             v, _ = torch.topk(logits, 50)
             logits[logits < v[:, [-1]]] = -float("inf")
             idx = torch.cat([idx, torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)], dim=1)
-    return bpb, tok.decode(idx[0].tolist())
+    return bpb, decode(idx[0].tolist())
 
 
 # --- the runs -----------------------------------------------------------------------------------
@@ -398,7 +427,8 @@ def _lower(row: dict, ref: dict | None) -> str:
     """'33.3% lower': the row's bits per byte against a reference row's."""
     if ref is None or ref is row:
         return "-"
-    return f"{100 * (1 - row['bits_per_byte'] / ref['bits_per_byte']):.1f}% lower"
+    lower = 100 * (1 - row["bits_per_byte"] / ref["bits_per_byte"])
+    return f"{lower:.1f}% lower" if lower >= 0 else f"{-lower:.1f}% higher"
 
 
 def main() -> None:
@@ -411,6 +441,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "gpt2es-bench" / "quality")
     parser.add_argument("--reference-size", action="append", default=[], metavar="LxW",
                         help="more nanoGPT reference rows at these sizes (blocks x width, e.g. 2x128)")
+    parser.add_argument("--expert", action="store_true",
+                        help="add the expert reference: nanoGPT at the size auto chose, on gpt2es's own tokens, "
+                             "its learning rate swept (--expert-lrs)")
+    parser.add_argument("--expert-lrs", default="3e-3,6e-3,1.2e-2",
+                        help="the expert reference's learning rates, comma-separated (each one run and recorded)")
     parser.add_argument("--no-defaults", action="store_true",
                         help="leave out the gpt2es (defaults) row and its reference (with --variant or --reference-size)")
     parser.add_argument("--score", nargs="+", type=Path, metavar="RUN",
@@ -457,7 +492,8 @@ def main() -> None:
             for name, extra, *size in pair:
                 run = args.work / "runs" / f"{minutes:g}m-{name.replace(' ', '_').replace('(', '').replace(')', '')}"
                 if extra is None:
-                    procs.append((name, run, None, launch_reference(ref_data, run, minutes, size[0])))
+                    data = Path(size[0]["data"]) / "train.bin" if "data" in size[0] else ref_data
+                    procs.append((name, run, None, launch_reference(data, run, minutes, size[0])))
                 else:
                     procs.append((name, run, extra, launch_ours(ours_data, run, minutes, extra)))
             print(f"T = {minutes:g} min: training {' and '.join(n for n, *_ in procs)} side by side...", flush=True)
@@ -480,6 +516,12 @@ def main() -> None:
                       f"{result['seconds']:.0f} s, {bpb:.3f} bits/byte", flush=True)
                 done[name] = run
                 chosen = ours_size([], run) if extra == [] else None
+                if chosen and args.expert:
+                    # the expert reference at the size auto chose, on our own tokens: one row per swept rate
+                    vocab = json.loads((ours_data / "meta.json").read_text())["vocab_size"]
+                    for lr in reversed([float(v) for v in args.expert_lrs.split(",")]):
+                        recipe = {**chosen, "lr": lr, "vocab": vocab, "data": str(ours_data)}
+                        queue.insert(0, (f"nanoGPT expert {size_name(chosen)} lr {lr:g}", None, recipe))
                 if chosen and chosen != base and not args.no_reference:
                     # --preset auto chose another size than the reference's: a reference row at that
                     # size too, unless one is already run or queued (--reference-size)
@@ -489,15 +531,19 @@ def main() -> None:
             if len(queue) == 1 and queue[0][1] is not None and not args.no_reference:
                 queue.append((f"nanoGPT reference {size_name(base)} (again)", None, base))
 
-    print("\n| T | run | model | steps | tokens | wall s | bits/byte | vs reference | vs reference, same size |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    expert = args.expert
+    print("\n| T | run | model | steps | tokens | wall s | bits/byte | vs reference | vs reference, same size |"
+          + (" vs expert (best lr) |" if expert else ""))
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if expert else ""))
     for r in rows:
-        refs = [x for x in rows if x["minutes"] == r["minutes"] and x["name"].startswith("nanoGPT")]
+        refs = [x for x in rows if x["minutes"] == r["minutes"] and x["name"].startswith("nanoGPT reference")]
         first = refs[0] if refs else None
         same = next((x for x in refs if x["size"] == r["size"]), None)
-
+        experts = [x for x in rows if x["minutes"] == r["minutes"] and x["name"].startswith("nanoGPT expert")]
+        best = min(experts, key=lambda x: x["bits_per_byte"]) if experts else None
         print(f"| {r['minutes']:g} min | {r['name']} | {r['size']} | {r['steps']} | {r['tokens']:,} | {r['seconds']:.0f} | "
-              f"{r['bits_per_byte']:.3f} | {_lower(r, first)} | {_lower(r, same)} |")
+              f"{r['bits_per_byte']:.3f} | {_lower(r, first)} | {_lower(r, same)} |"
+              + (f" {_lower(r, best)} |" if expert else ""))
     print("\nSamples (temperature 0.8, top-k 50, seed 0):")
     for r in rows:
         print(f"- {r['minutes']:g} min, {r['name']}: {r['sample']!r}")
