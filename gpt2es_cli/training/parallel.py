@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -343,8 +344,8 @@ class FSDP(DDP):
         if not full:
             return state
         names = [(name, id(p)) for name, p in model.named_parameters(remove_duplicate=False)]
-        tied = {i for _, i in names if sum(1 for _, j in names if j == i) > 1}
-        owner = {name: i for name, i in names if i in tied}
+        uses = Counter(i for _, i in names)
+        owner = {name: i for name, i in names if uses[i] > 1}  # the tied weights' names, by parameter
         gathered: dict[str, torch.Tensor] = {}
         seen: dict[int, torch.Tensor] = {}
         for key, value in state.items():  # one tensor at a time, every process alike; the tied head once
